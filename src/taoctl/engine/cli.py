@@ -1,0 +1,152 @@
+"""Command-line pieces every task's entrypoint shares (click, no torch at import).
+
+Each subtask module under ``taoctl/tasks/<task>/scripts/`` exposes ``command``, a click
+command built with these helpers, so flags, help and errors look the same everywhere:
+``-e`` for the spec, TAO's multi-letter short flags (``-pth``, ``-eq``), options that take
+several values after one flag (``--gpu_index 0 1``, ``-el a b``), and the flags TAO's
+entrypoint wrapper adds to every subtask (``--gpus``, ``--use_amp``, ``--log_file`` ...).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from taoctl.errors import TaoctlError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class MultiValueOption(click.Option):
+    """An option that takes every value up to the next flag, as argparse's nargs='*'/'+' does.
+
+    TAO users type ``--gpu_index 0 1`` and ``-el conv1 block_2a``; click alone would want the
+    flag repeated. ``multiple=True`` must be set; repeating the flag also works.
+    """
+
+    def __init__(self, *args, at_least_one: bool = True, **kwargs):
+        kwargs.setdefault("multiple", True)
+        self.at_least_one = at_least_one
+        super().__init__(*args, **kwargs)
+
+    def add_to_parser(self, parser, ctx):
+        super().add_to_parser(parser, ctx)
+        option_names = set(self.opts)
+        for name in self.opts:
+            parser_option = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if parser_option is None:
+                continue
+            original_process = parser_option.process
+            prefixes = parser._opt_prefixes
+
+            def process(value, state, _original=original_process, _self=self):
+                def is_flag(text):
+                    return text[:1] in prefixes and len(text) > 1 and not _is_number(text)
+
+                values = []
+                if value is not None:
+                    if is_flag(value):  # click took the next flag as our value: give it back
+                        state.rargs.insert(0, value)
+                    else:
+                        values.append(value)
+                while values and state.rargs and not is_flag(state.rargs[0]):
+                    values.append(state.rargs.pop(0))
+                if not values and _self.at_least_one:
+                    raise click.BadOptionUsage(sorted(option_names)[0], f"{sorted(option_names)[-1]} needs a value")
+                for v in values:
+                    _original(v, state)
+
+            parser_option.process = process
+        return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def spec_option(required: bool = True, names=("-e", "--experiment_spec_file", "--experiment_spec")):
+    return click.option(*names, "experiment_spec", required=required, type=click.Path(dir_okay=False),
+                        help="Experiment spec file (protobuf text or YAML).")
+
+
+def key_option():
+    return click.option("-k", "--key", default=None,
+                        help="Key that encrypts/decrypts model files; omit for unencrypted files.")
+
+
+def results_dir_option(required: bool = False):
+    return click.option("-r", "--results_dir", required=required, type=click.Path(file_okay=False),
+                        help="Folder for outputs, logs and status.json.")
+
+
+def common_options(func):
+    """Flags TAO's entrypoint adds to every subtask: devices, processes, AMP, logging."""
+    decorators = [
+        click.option("--gpus", type=int, default=1, show_default=True,
+                     help="GPUs to use; more than one launches one process per GPU (torchrun)."),
+        click.option("--gpu_index", cls=MultiValueOption, type=int, help="Indices of the GPUs to use."),
+        click.option("-np", "--num_processes", type=int, default=-1,
+                     help="Processes to launch (DDP); on CPU this is how to run data-parallel."),
+        click.option("--num_nodes", type=int, default=1, show_default=True, help="Nodes for multi-node DDP."),
+        click.option("--node_rank", type=int, default=0, show_default=True, help="This node's rank."),
+        click.option("--master_addr", default=None, help="Address of the rank-0 node (multi-node)."),
+        click.option("--master_port", type=int, default=None, help="Port of the rank-0 node (multi-node)."),
+        click.option("--use_amp", is_flag=True, help="Automatic mixed precision (GPU only)."),
+        click.option("--log_file", type=click.Path(dir_okay=False), default=None,
+                     help="Also write the log to this file."),
+        click.option("--dry-run", "--dry_run", "dry_run", is_flag=True,
+                     help="Parse the spec, check the paths it names, print the plan and exit."),
+        click.option("-v", "--verbose", is_flag=True, help="Show debug output and tracebacks."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def run_command(command: click.Command, args: list[str], prog_name: str) -> int:
+    """Run a click command the way every taoctl entrypoint does: one line per error.
+
+    A TaoctlError or a usage error prints one line and returns its exit code; an unexpected
+    exception prints one line too, and its traceback only with -v / TAOCTL_DEBUG=1.
+    """
+    verbose = "-v" in args or "--verbose" in args or os.environ.get("TAOCTL_DEBUG") == "1"
+    try:
+        result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        click.echo("taoctl: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            click.echo(exc.ctx.get_usage(), err=True)
+        click.echo(f"taoctl: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except TaoctlError as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"taoctl: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("taoctl: interrupted", err=True)
+        return 130
+    except Exception as exc:  # a bug: say what happened in one line, the trace on request
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"taoctl: internal error: {type(exc).__name__}: {exc} (rerun with -v for the traceback)",
+                   err=True)
+        return 1
+    # A command may return its exit status (the launcher returns its child's).
+    return result if isinstance(result, int) else 0
+
+
+def echo(message: str = "") -> None:
+    click.echo(message)
+    sys.stdout.flush()

@@ -1,0 +1,200 @@
+"""The `taoctl` command: TAO's launcher interface, without torch.
+
+``taoctl <task> <subtask> [args]`` (TAO <= 4), ``taoctl model|dataset|deploy <task> <action>``
+(TAO 5), ``taoctl <task> run <cmd...>``, and the control commands ``info``, ``list``, ``stop``,
+``spec check``. A subtask's own flags are parsed by its entrypoint in the runtime, the way
+TAO passes them into the container; the launcher only takes its own flags out first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from taoctl import __version__
+from taoctl.engine.cli import run_command
+from taoctl.errors import TaoctlError, did_you_mean
+from taoctl.launcher import jobs, registry
+from taoctl.launcher.runtime import local
+
+RUNTIMES = ("local",)
+DEFAULT_RUNTIME = "local"
+
+# Launcher flags a user may put anywhere after the task: {flag: takes a value}.
+LAUNCHER_FLAGS = {"--runtime": True}
+
+
+class TaoctlGroup(click.Group):
+    """A group whose unknown commands are tried as task names, with did-you-mean."""
+
+    def __init__(self, *args, cli_group: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cli_group = cli_group
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        try:
+            task = registry.get_task(cmd_name, self.cli_group)
+        except TaoctlError:
+            return None
+        return TaskCommand(task, name=cmd_name)
+
+    def resolve_command(self, ctx, args):
+        name = args[0]
+        command = self.get_command(ctx, name)
+        if command is None and not ctx.resilient_parsing:
+            choices = list(self.commands) + registry.task_names(self.cli_group)
+            ctx.fail(f'unknown task or command "{name}"{did_you_mean(name, choices)}; '
+                     f"`taoctl info --verbose` lists the tasks")
+        return name, command, args[1:]
+
+    def format_commands(self, ctx, formatter):
+        super().format_commands(ctx, formatter)
+        names = registry.task_names(self.cli_group)
+        with formatter.section("Tasks (taoctl <task> <subtask> --help for flags)"):
+            formatter.write_text(", ".join(names))
+
+
+class TaskCommand(click.Command):
+    """`taoctl <task> ...`: picks the subtask and hands it to the runtime."""
+
+    def __init__(self, task: registry.Task, name: str):
+        super().__init__(name=name, context_settings={"ignore_unknown_options": True,
+                                                      "allow_extra_args": True,
+                                                      "help_option_names": []},
+                         add_help_option=False, help=f"Run a {task.name} subtask.")
+        self.task = task
+
+    def invoke(self, ctx):
+        args = list(ctx.args)
+        task = self.task
+        if task.direct:
+            subtask = task.name
+        elif not args or args[0] in ("-h", "--help"):
+            click.echo(task_help(task))
+            return 0
+        else:
+            subtask, args = args[0], args[1:]
+        runtime_name, args = _take_launcher_flags(args, ctx.find_root().params.get("runtime"))
+        if subtask == "run":
+            if not args:
+                raise TaoctlError(f"`taoctl {task.name} run` needs a command to run")
+            return _run(runtime_name, list(args), task.name, "run", args)
+        task.check_subtask(subtask)
+        command = local.entrypoint_command(task.name, subtask, args)
+        return _run(runtime_name, command, task.name, subtask, args)
+
+
+def _take_launcher_flags(args: list[str], root_runtime: str | None) -> tuple[str, list[str]]:
+    runtime_name = root_runtime or os.environ.get("TAOCTL_RUNTIME") or DEFAULT_RUNTIME
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        flag, _, inline = args[i].partition("=")
+        if flag == "--runtime":
+            if inline:
+                runtime_name = inline
+            elif i + 1 < len(args):
+                runtime_name = args[i + 1]
+                i += 1
+            else:
+                raise TaoctlError("--runtime needs a value: " + ", ".join(RUNTIMES))
+        else:
+            rest.append(args[i])
+        i += 1
+    if runtime_name not in RUNTIMES:
+        raise TaoctlError(f'unknown runtime "{runtime_name}"{did_you_mean(runtime_name, RUNTIMES)}; '
+                          f"runtimes: {', '.join(RUNTIMES)}")
+    return runtime_name, rest
+
+
+def _run(runtime_name: str, command: list[str], task: str, subtask: str, args: list[str]) -> int:
+    return local.run(command, task, subtask, args)
+
+
+def task_help(task: registry.Task) -> str:
+    lines = [f"Usage: taoctl {task.name} SUBTASK [ARGS]...", "",
+             f"  {task.name} ({task.group}); image {image_for(task)}", "", "Subtasks:"]
+    implemented = set(task.implemented_subtasks)
+    for subtask in task.subtasks:
+        state = "" if subtask in implemented else "  (planned)"
+        lines.append(f"  {subtask}{state}")
+    lines.append("  run <cmd...>  run a command in the task's environment")
+    lines += ["", f"`taoctl {task.name} SUBTASK --help` lists the subtask's flags."]
+    return "\n".join(lines)
+
+
+def image_for(task: registry.Task) -> str:
+    return f"taoctl/{task.group}:{__version__}"
+
+
+@click.group(cls=TaoctlGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             invoke_without_command=True)
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None, envvar="TAOCTL_RUNTIME",
+              help="Where subtasks run (default: local).")
+@click.version_option(__version__, prog_name="taoctl")
+@click.pass_context
+def cli(ctx, runtime):
+    """taoctl: NVIDIA TAO Toolkit's workflow (spec files, train, prune, export) on open PyTorch code."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+for _group in (registry.MODEL, registry.DATASET, registry.DEPLOY):
+    cli.add_command(TaoctlGroup(name=_group, cli_group=_group, help=f"TAO 5 form: taoctl {_group} <task> <action>."))
+
+
+@cli.command()
+@click.option("--verbose", is_flag=True, help="Also print the task table.")
+def info(verbose):
+    """Version, runtimes and (with --verbose) every task."""
+    click.echo(f"taoctl version: {__version__}")
+    click.echo("runtimes: local (available)")
+    if not verbose:
+        return
+    click.echo("")
+    click.echo(f"{'task':<32}{'group':<16}{'image':<28}{'state':<13}subtasks")
+    for task in registry.TASKS:
+        state = "implemented" if task.implemented else "planned"
+        names = [s if s in task.implemented_subtasks else f"{s}*" for s in task.subtasks]
+        alias = f" ({', '.join(task.aliases)})" if task.aliases else ""
+        click.echo(f"{task.name + alias:<32}{task.group:<16}{image_for(task):<28}{state:<13}{' '.join(names)}")
+    click.echo("\n* planned subtask")
+
+
+@cli.command(name="list")
+def list_jobs():
+    """Running jobs of this user."""
+    running = jobs.running_jobs()
+    click.echo(f"{'id':<24}{'task':<20}{'subtask':<18}{'status':<10}started")
+    for job in running:
+        click.echo(f"{job['id']:<24}{job['task']:<20}{job['subtask']:<18}{job['status']:<10}{job['started']}")
+
+
+@cli.command()
+@click.option("--container_id", "ids", multiple=True, help="Job or container id to stop (repeatable).")
+@click.option("--all", "stop_all", is_flag=True, help="Stop every running job of this user.")
+def stop(ids, stop_all):
+    """Stop running jobs of this user."""
+    running = {job["id"]: job for job in jobs.running_jobs()}
+    if not ids and not stop_all:
+        raise TaoctlError("say which jobs to stop: --container_id ID ... or --all")
+    chosen = list(running) if stop_all else list(ids)
+    unknown = [i for i in chosen if i not in running]
+    if unknown:
+        raise TaoctlError(f"no running job {', '.join(unknown)}; `taoctl list` shows the running ones")
+    for job_id in chosen:
+        jobs.stop_job(running[job_id])
+        click.echo(f"stopped {job_id}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(cli, sys.argv[1:] if argv is None else argv, prog_name="taoctl")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The one place taoctl's tasks are declared.
+
+The launcher knows a task by name only: its group (which framework image runs it), the
+subtasks TAO's launcher offers for it, and the name of the package under ``taoctl.tasks``
+that implements it. Which subtasks are implemented is discovered from that package's
+``scripts/`` folder (one module per subtask, as TAO's networks do), without importing it,
+so the launcher never pulls in torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from taoctl import __version__
+from taoctl.errors import TaoctlError, did_you_mean
+
+TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+
+VISION = "vision"
+CONVERSATIONAL = "conversational"
+
+# The TAO 5 command groups (`taoctl model|dataset|deploy <task> <action>`).
+MODEL, DATASET, DEPLOY = "model", "dataset", "deploy"
+
+_DETECTOR = ("dataset_convert", "train", "evaluate", "inference", "prune", "export")
+_YOLO = _DETECTOR + ("kmeans",)
+_GAZE_LIKE = ("dataset_convert", "train", "evaluate", "inference", "export")
+_NEMO = ("train", "evaluate", "infer", "export", "finetune")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    group: str
+    tao_subtasks: tuple[str, ...]
+    package: str | None = None  # under taoctl.tasks; None while the task is only planned
+    aliases: tuple[str, ...] = ()
+    cli_groups: tuple[str, ...] = (MODEL,)
+    # Tasks such as `augment` take their flags directly: `taoctl augment -a SPEC ...`.
+    direct: bool = False
+
+    @property
+    def scripts_dir(self) -> Path | None:
+        return TASKS_DIR / self.package / "scripts" if self.package else None
+
+    @property
+    def implemented_subtasks(self) -> tuple[str, ...]:
+        folder = self.scripts_dir
+        if folder is None or not folder.is_dir():
+            return ()
+        return tuple(sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")))
+
+    @property
+    def implemented(self) -> bool:
+        return bool(self.implemented_subtasks)
+
+    @property
+    def subtasks(self) -> tuple[str, ...]:
+        extra = tuple(s for s in self.implemented_subtasks if s not in self.tao_subtasks)
+        return self.tao_subtasks + extra
+
+    def module_for(self, subtask: str) -> str:
+        """Dotted name of the module holding the subtask's click command."""
+        return f"taoctl.tasks.{self.package}.scripts.{subtask}"
+
+    def check_subtask(self, subtask: str) -> None:
+        if subtask in self.implemented_subtasks:
+            return
+        if subtask in self.subtasks:
+            raise TaoctlError(f"`{self.name} {subtask}` is not implemented yet in taoctl {__version__}")
+        choices = self.subtasks + ("run",)
+        raise TaoctlError(
+            f'unknown subtask "{subtask}" for task {self.name}{did_you_mean(subtask, choices)}; '
+            f"subtasks: {', '.join(choices)}"
+        )
+
+
+TASKS: tuple[Task, ...] = (
+    # vision
+    Task("augment", VISION, ("augment",), package="augment", direct=True),
+    Task("augmentation", VISION, ("augmentation",), package="augment", cli_groups=(DATASET,), direct=True),
+    Task("bpnet", VISION, _DETECTOR + ("trtexec",)),
+    Task("classification", VISION, ("train", "evaluate", "inference", "prune", "export", "calibration_tensorfile"),
+         package="classification", aliases=("classification_tf1",)),
+    Task("converter", VISION, ("converter",), direct=True, cli_groups=(DEPLOY,)),
+    Task("detectnet_v2", VISION, _DETECTOR + ("calibration_tensorfile",), package="detectnet_v2"),
+    Task("dssd", VISION, _DETECTOR, package="dssd"),
+    Task("efficientdet", VISION, _DETECTOR, aliases=("efficientdet_tf1",)),
+    Task("emotionnet", VISION, _GAZE_LIKE),
+    Task("faster_rcnn", VISION, _DETECTOR, package="faster_rcnn"),
+    Task("fpenet", VISION, _GAZE_LIKE),
+    Task("gazenet", VISION, _GAZE_LIKE),
+    Task("gesturenet", VISION, _GAZE_LIKE),
+    Task("heartratenet", VISION, _GAZE_LIKE),
+    Task("lprnet", VISION, ("train", "evaluate", "inference", "export")),
+    Task("mask_rcnn", VISION, _DETECTOR),
+    Task("multitask_classification", VISION, ("train", "evaluate", "inference", "prune", "export", "confmat")),
+    Task("retinanet", VISION, _DETECTOR, package="retinanet"),
+    Task("ssd", VISION, _DETECTOR, package="ssd"),
+    Task("unet", VISION, ("train", "evaluate", "inference", "prune", "export")),
+    Task("yolo_v3", VISION, _YOLO, package="yolo_v3"),
+    Task("yolo_v4", VISION, _YOLO, package="yolo_v4"),
+    Task("yolo_v4_tiny", VISION, _YOLO, package="yolo_v4_tiny"),
+    # conversational
+    Task("action_recognition", CONVERSATIONAL, ("train", "evaluate", "inference", "export")),
+    Task("intent_slot_classification", CONVERSATIONAL, _NEMO),
+    Task("n_gram", CONVERSATIONAL, ("train", "evaluate", "infer", "export")),
+    Task("punctuation_and_capitalization", CONVERSATIONAL, ("dataset_convert",) + _NEMO),
+    Task("question_answering", CONVERSATIONAL, ("dataset_convert",) + _NEMO),
+    Task("spectro_gen", CONVERSATIONAL, ("dataset_convert", "train", "infer", "export", "finetune", "pitch_stats")),
+    Task("speech_to_text", CONVERSATIONAL, ("dataset_convert", "create_tokenizer") + _NEMO),
+    Task("speech_to_text_citrinet", CONVERSATIONAL, ("dataset_convert", "create_tokenizer") + _NEMO),
+    Task("text_classification", CONVERSATIONAL, ("dataset_convert", "infer_onnx") + _NEMO),
+    Task("token_classification", CONVERSATIONAL, _NEMO),
+    Task("vocoder", CONVERSATIONAL, ("train", "infer", "export", "finetune")),
+)
+
+_BY_NAME = {t.name: t for t in TASKS} | {a: t for t in TASKS for a in t.aliases}
+
+
+def task_names(cli_group: str | None = None) -> list[str]:
+    """Every name a task answers to (aliases included), optionally within a TAO 5 group."""
+    return sorted(n for n, t in _BY_NAME.items() if cli_group is None or cli_group in t.cli_groups)
+
+
+def get_task(name: str, cli_group: str | None = None) -> Task:
+    task = _BY_NAME.get(name)
+    if task is not None and (cli_group is None or cli_group in task.cli_groups):
+        return task
+    where = f"taoctl {cli_group}" if cli_group else "taoctl"
+    raise TaoctlError(f'unknown task "{name}" for {where}{did_you_mean(name, task_names(cli_group))}; '
+                      f"`taoctl info --verbose` lists the tasks")
