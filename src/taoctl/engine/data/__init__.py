@@ -1,0 +1,1 @@
+"""Datasets: generated samples, KITTI labels, TFRecord shards, augmentation."""
