@@ -1,0 +1,169 @@
+"""Spec files: TAO's protobuf-text experiment specs and TAO 5's YAML specs (torch-free).
+
+A task declares each kind of spec file it reads as a ``SpecKind`` in its own
+``tasks/<pkg>/spec.py`` (see ARCHITECTURE.md, "Specs"); this package loads a file as a kind,
+with every user error as one ``FILE:LINE:COL: message`` line (``SpecError``) and legacy TAO
+fields accepted with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from taoctl.engine.spec import prototxt, yamlspec
+from taoctl.errors import SpecError
+
+__all__ = ["SpecKind", "SpecError", "load", "missing_paths", "detect_kind", "check_file", "is_yaml"]
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecKind:
+    """One kind of spec file a task reads.
+
+    ``message`` (a generated protobuf class) for protobuf-text specs, or ``schema`` (a
+    dataclass) for YAML specs. ``required``: dotted paths that must be set in every file of
+    this kind; ``required_for``: extra paths per subtask (``{"evaluate": ("eval_config.model_path",)}``).
+    ``paths``: fields that name files or folders, for ``--dry-run``. ``corpus``: fnmatch
+    patterns on ``owner/repo/path`` of the TAO spec corpus whose files must load as this kind.
+    """
+
+    name: str
+    message: type | None = None
+    schema: type | None = None
+    required: tuple[str, ...] = ()
+    required_for: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    paths: tuple[str, ...] = ()
+    corpus: tuple[str, ...] = ()
+    help: str = ""
+
+    def __post_init__(self):
+        if (self.message is None) == (self.schema is None):
+            raise ValueError(f"spec kind {self.name!r} needs exactly one of message= or schema=")
+
+    @property
+    def is_yaml(self) -> bool:
+        return self.schema is not None
+
+    @property
+    def top_level_names(self) -> set[str]:
+        if self.message is not None:
+            return set(self.message.DESCRIPTOR.fields_by_name)
+        return {f.name for f in dataclasses.fields(self.schema)}
+
+
+def is_yaml(path) -> bool:
+    return str(path).lower().endswith(YAML_SUFFIXES)
+
+
+def _warn_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def read_text(path) -> str:
+    """The spec file's text, or a one-line SpecError naming the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder, not a spec file") from None
+    except PermissionError:
+        raise SpecError(f"{path}: spec file not readable (permission denied)") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
+
+
+def load(path, kind: SpecKind, on_warning: Callable[[str], None] | None = None, subtask: str | None = None):
+    """Load a spec file as ``kind``: a filled protobuf message, or a schema dataclass instance.
+
+    Errors raise SpecError (``FILE:LINE:COL: message``, or ``FILE: missing required value
+    a.b``); each legacy field set calls ``on_warning`` (default: print to stderr) and is cleared.
+    """
+    warn = on_warning or _warn_to_stderr
+    filename = str(path)
+    text = read_text(path)
+    required = kind.required + kind.required_for.get(subtask, ())
+    if kind.is_yaml:
+        return yamlspec.load(text, kind.schema, filename, required)
+    message = kind.message()
+    sites = prototxt.parse(text, message, filename)
+    prototxt.apply_legacy(sites, filename, warn)
+    missing = prototxt.missing_required(message, required)
+    if missing:
+        noun = "value" if len(missing) == 1 else "values"
+        raise SpecError(f"{filename}: missing required {noun} {', '.join(missing)}")
+    return message
+
+
+def _values(spec, path: str) -> list[tuple[str, object]]:
+    if dataclasses.is_dataclass(spec):
+        return yamlspec.resolve(spec, path)
+    return prototxt.resolve(spec, path)
+
+
+def missing_paths(spec, kind: SpecKind, fields=None) -> list[str]:
+    """For ``--dry-run``: one line per path field whose file or folder does not exist.
+
+    ``fields`` defaults to ``kind.paths``; unset fields are skipped (``required`` covers them).
+    TAO's paths may hold a glob (``tfrecords_path: "/data/tfrecords/*"``): it counts as
+    existing when anything matches.
+    """
+    problems = []
+    for field_path in kind.paths if fields is None else fields:
+        for concrete, value in _values(spec, field_path):
+            if not isinstance(value, str) or not value:
+                continue
+            if any(ch in value for ch in "*?["):
+                if not glob.glob(value):
+                    problems.append(f"{concrete}: nothing matches {value}")
+            elif not os.path.exists(value):
+                problems.append(f"{concrete}: {value} does not exist")
+    return problems
+
+
+def detect_kind(path, kinds) -> SpecKind | None:
+    """The kind whose top-level fields best match the file's; None when none shares any.
+
+    Only kinds of the file's format (YAML by suffix, else protobuf text) compete. A file that
+    cannot be read or tokenized gets the first kind of its format, so loading it reports the
+    real error.
+    """
+    kinds = list(kinds.values()) if isinstance(kinds, dict) else list(kinds)
+    same_format = [k for k in kinds if k.is_yaml == is_yaml(path)]
+    if not same_format:
+        return None
+    try:
+        text = read_text(path)
+    except SpecError:
+        return same_format[0]
+    names = yamlspec.top_level_names(text) if is_yaml(path) else prototxt.top_level_names(text)
+    if names is None:
+        return same_format[0]
+    if not names:  # an empty file: every field unset; loading says what is missing
+        return same_format[0]
+    scored = [(len(set(names) & k.top_level_names), -i, k) for i, k in enumerate(same_format)]
+    best = max(scored, key=lambda s: (s[0], s[1]))
+    return best[2] if best[0] > 0 else None
+
+
+def check_file(path, kinds, on_warning: Callable[[str], None] | None = None):
+    """Load a file as whichever of ``kinds`` it is; returns (kind, spec). Raises SpecError."""
+    kinds_list = list(kinds.values()) if isinstance(kinds, dict) else list(kinds)
+    read_text(path)  # a missing file is reported as such, not as "matches no kind"
+    kind = detect_kind(path, kinds_list)
+    if kind is None:
+        names = ", ".join(k.name for k in kinds_list)
+        fmt = "YAML" if is_yaml(path) else "protobuf text"
+        raise SpecError(f"{path}: matches none of this task's spec kinds ({names}); its top-level fields "
+                        f"belong to no {fmt} spec here")
+    return kind, load(path, kind, on_warning)

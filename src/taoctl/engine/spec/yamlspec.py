@@ -1,0 +1,185 @@
+"""YAML specs (TAO 5) loaded against a schema of nested dataclasses.
+
+A schema is a dataclass whose fields are typed ``int``, ``float``, ``bool``, ``str``,
+``Literal["a", "b"]`` (a choice), another schema dataclass (a section), ``list[T]``,
+``dict[str, T]`` or ``T | None``; a field's default is used when the key is absent, and a field
+without a default must be given. Errors name the file, line and column of the offending node
+(PyYAML's composed node tree keeps them), e.g. ``spec.yaml:3:5: unknown key "rotaton" in
+spatial_aug (did you mean "rotation"?)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+
+import yaml
+
+from taoctl.errors import SpecError, did_you_mean
+
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_BOOL = "tag:yaml.org,2002:bool"
+_NULL = "tag:yaml.org,2002:null"
+
+
+class _Loader:
+    def __init__(self, filename: str):
+        self.filename = filename
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def error(self, node, message: str) -> SpecError:
+        mark = node.start_mark
+        return SpecError(f"{self.filename}:{mark.line + 1}:{mark.column + 1}: {message}")
+
+    def scalar(self, node):
+        return self.constructor.construct_object(node, deep=True)
+
+    def got(self, node) -> str:
+        if isinstance(node, yaml.MappingNode):
+            return "a section of key: value pairs"
+        if isinstance(node, yaml.SequenceNode):
+            return "a list"
+        if node.tag == _NULL:
+            return "nothing (null)"
+        return f'"{node.value}"'
+
+    def value(self, node, annotation, name: str, path: str):
+        origin = typing.get_origin(annotation)
+        args = typing.get_args(annotation)
+        if origin in (typing.Union, types.UnionType):
+            if isinstance(node, yaml.ScalarNode) and node.tag == _NULL and type(None) in args:
+                return None
+            others = [a for a in args if a is not type(None)]
+            if len(others) != 1:
+                raise TypeError(f"schema field {path}: only 'T | None' unions are supported")
+            return self.value(node, others[0], name, path)
+        if dataclasses.is_dataclass(annotation):
+            return self.section(node, annotation, path)
+        if origin is list:
+            if not isinstance(node, yaml.SequenceNode):
+                raise self.error(node, f"{name} expects a list, got {self.got(node)}")
+            return [self.value(item, args[0], name, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        if origin is dict:
+            if not isinstance(node, yaml.MappingNode):
+                raise self.error(node, f"{name} expects a section of key: value pairs, got {self.got(node)}")
+            result = {}
+            for key_node, value_node in node.value:
+                key = str(self.scalar(key_node))
+                if key in result:
+                    raise self.error(key_node, f'key "{key}" set twice in {path}')
+                result[key] = self.value(value_node, args[1], key, f"{path}.{key}")
+            return result
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.error(node, f"{name} expects {self.words(annotation)}, got {self.got(node)}")
+        if origin is typing.Literal:
+            value = self.scalar(node)
+            if value not in args:
+                choices = ", ".join(str(a) for a in args)
+                hint = did_you_mean(str(value), [str(a) for a in args])
+                raise self.error(node, f"{name} expects one of {choices}, got {self.got(node)}{hint}")
+            return value
+        tag = node.tag
+        if annotation is bool and tag == _BOOL:
+            return self.scalar(node)
+        if annotation is int and tag == _INT:
+            return self.scalar(node)
+        if annotation is float and tag in (_INT, _FLOAT):
+            return float(self.scalar(node))
+        if annotation is str and tag in (_STR, _INT, _FLOAT):
+            return node.value  # the text as written: `version: 1.10` stays "1.10"
+        if annotation in (bool, int, float, str):
+            raise self.error(node, f"{name} expects {self.words(annotation)}, got {self.got(node)}")
+        raise TypeError(f"schema field {path}: unsupported type {annotation!r}")
+
+    @staticmethod
+    def words(annotation) -> str:
+        return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+            annotation, "a single value")
+
+    def section(self, node, schema, path: str, name: str | None = None):
+        label = path or "the top level"
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{name or path} expects a section of key: value pairs, got {self.got(node)}")
+        hints = typing.get_type_hints(schema)
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        given: dict[str, object] = {}
+        for key_node, value_node in node.value:
+            key = str(self.scalar(key_node))
+            if key in given:
+                raise self.error(key_node, f'key "{key}" set twice in {label}')
+            field = fields.get(key)
+            if field is None:
+                raise self.error(key_node, f'unknown key "{key}" in {label}{did_you_mean(key, fields)}')
+            child = f"{path}.{key}" if path else key
+            given[key] = self.value(value_node, hints[key], key, child)
+        missing = [name for name, f in fields.items() if name not in given
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            where = ", ".join(f"{path}.{m}" if path else m for m in missing)
+            noun = "value" if len(missing) == 1 else "values"
+            raise SpecError(f"{self.filename}: missing required {noun} {where}")
+        return schema(**given)
+
+
+def _compose(text: str, filename: str):
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise SpecError(f"{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{filename}: YAML syntax error: {exc}") from None
+
+
+def load(text: str, schema, filename: str, required=()):
+    """Build a ``schema`` instance from YAML text; raises SpecError with line:col."""
+    root = _compose(text, filename)
+    loader = _Loader(filename)
+    if root is None:
+        root = yaml.MappingNode(tag="tag:yaml.org,2002:map", value=[],
+                                start_mark=yaml.Mark(filename, 0, 0, 0, None, None))
+    spec = loader.section(root, schema, "")
+    missing = [p for p in required if not any(v not in (None, "") for _, v in resolve(spec, p))]
+    if missing:
+        noun = "value" if len(missing) == 1 else "values"
+        raise SpecError(f"{filename}: missing required {noun} {', '.join(missing)}")
+    return spec
+
+
+def resolve(spec, path: str) -> list[tuple[str, object]]:
+    """Values at a dotted path, one per list element on the way, each with its concrete path."""
+    found = []
+
+    def walk(obj, parts, prefix):
+        if obj is None:
+            return
+        value = getattr(obj, parts[0]) if dataclasses.is_dataclass(obj) else obj.get(parts[0])
+        here = f"{prefix}.{parts[0]}" if prefix else parts[0]
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            item_path = here if index is None else f"{here}[{index}]"
+            if len(parts) > 1:
+                walk(item, parts[1:], item_path)
+            else:
+                found.append((item_path, item))
+
+    walk(spec, path.split("."), "")
+    return found
+
+
+def top_level_names(text: str) -> list[str] | None:
+    """Top-level keys of YAML text, or None when it is not a YAML mapping."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    if root is None:
+        return []
+    if not isinstance(root, yaml.MappingNode):
+        return None
+    return [str(k.value) for k, _ in root.value]
