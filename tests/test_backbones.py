@@ -1,0 +1,129 @@
+"""Every registered backbone builds, runs for 1- and 3-channel input, freezes and exports."""
+
+import pytest
+import torch
+from torch import nn
+
+from taoctl.engine.backbones import create_model, list_models, resolve_arch
+from taoctl.errors import TaoctlError
+
+# The biggest EfficientNets take several seconds per forward on 2 cores; the rest stay fast.
+SLOW = {"efficientnet_b5", "efficientnet_b6", "efficientnet_b7"}
+MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in list_models()]
+
+
+def small_size(name):
+    from taoctl.engine.backbones import _REGISTRY
+
+    return max(32, _REGISTRY[name].min_size)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_forward_shape(name, channels):
+    size = small_size(name)
+    model = create_model(name, num_classes=7, input_image_size=f"{channels},{size},{size}")
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, channels, size, size))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    assert isinstance(model.head(), (nn.Linear, nn.Conv2d))
+    assert model.head().weight.shape[0] == 7
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_freeze_blocks_stops_training(name):
+    size = small_size(name)
+    model = create_model(name, num_classes=3, input_image_size=f"3,{size},{size}",
+                         freeze_blocks=[0, 1])
+    frozen = {id(p) for i in (0, 1) for m in model.blocks()[i] for p in m.parameters()}
+    assert frozen, "blocks 0 and 1 own parameters"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    loss = model(torch.randn(2, 3, size, size)).logsumexp(1).sum()
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    names = {id(p): n for n, p in model.named_parameters()}
+    for pid in frozen:
+        assert torch.equal(before[names[pid]], after[names[pid]]), names[pid]
+    # Frozen blocks' BatchNorm statistics do not move either; the head did learn.
+    for i in (0, 1):
+        for m in model.blocks()[i]:
+            for bn in m.modules():
+                if isinstance(bn, nn.BatchNorm2d):
+                    assert not bn.training
+    head = model.head_name + ".weight"
+    assert not torch.equal(before[head], after[head])
+
+
+def test_freeze_bn_keeps_statistics():
+    model = create_model("resnet18", num_classes=2, freeze_bn=True).train()
+    before = model.bn1.running_mean.clone()
+    model(torch.randn(2, 3, 32, 32) * 5 + 3)
+    assert torch.equal(before, model.bn1.running_mean)
+    assert not model.bn1.weight.requires_grad
+
+
+def test_resnet_options_change_structure():
+    plain = create_model("resnet", 2, 18)
+    proj = create_model("resnet", 2, 18, all_projections=True, use_pooling=False)
+    assert plain.layer1[0].downsample is None
+    assert all(b.downsample is not None for layer in (proj.layer1, proj.layer4) for b in layer)
+    assert isinstance(proj.maxpool, nn.Identity) and proj.layer1[0].conv1.stride == (2, 2)
+    x = torch.randn(1, 3, 64, 64)
+    assert plain.eval().forward_features(x).shape == proj.eval().forward_features(x).shape
+    nobn = create_model("resnet18", 2, use_batch_norm=False, use_bias=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in nobn.modules())
+    assert nobn.conv1.bias is not None
+
+
+def test_options_reach_layers():
+    m = create_model("resnet10", 2, activation={"activation_type": "leaky_relu",
+                                                "activation_parameters": {"alpha": 0.2}},
+                     batch_norm_config={"momentum": 0.9, "epsilon": 1e-3}, dropout=0.3)
+    assert isinstance(m.relu, nn.LeakyReLU) and m.relu.negative_slope == 0.2
+    assert m.bn1.eps == 1e-3 and m.bn1.momentum == pytest.approx(0.1)
+    assert m.drop.p == 0.3
+    assert isinstance(create_model("resnet10", 2, activation="swish").relu, nn.SiLU)
+
+
+@pytest.mark.parametrize("arch, n_layers, message", [
+    ("resnet", 42, "n_layers 42 is not available for resnet (10, 18, 34, 50, 101)"),
+    ("resnet", None, "arch resnet needs n_layers (10, 18, 34, 50, 101)"),
+    ("vgg", 11, "n_layers 11 is not available for vgg (16, 19)"),
+    ("mobilenet_v2", 18, "n_layers 18 does not apply to mobilenet_v2"),
+    ("resnet:18", 34, "contradicts n_layers 34"),
+    ("resnett", 18, 'did you mean "resnet"'),
+])
+def test_unsupported_combinations_are_named(arch, n_layers, message):
+    with pytest.raises(TaoctlError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        create_model(arch, 2, n_layers)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"input_image_size": "2,224,224"}, "channels must be 1 or 3"),
+    ({"input_image_size": "3,8,224"}, "at least 16"),
+    ({"input_image_size": "3x224"}, '"C,H,W"'),
+    ({"activation": "swishh"}, 'did you mean "swish"'),
+    ({"activation": {"activation_type": "relu", "activation_parameters": {"alpha": 1}}},
+     "not used by relu"),
+    ({"freeze_blocks": [9]}, "freeze_blocks 9 is not a block of resnet18 \\(blocks 0-4\\)"),
+])
+def test_bad_options_are_named(kwargs, message):
+    with pytest.raises(TaoctlError, match=message):
+        create_model("resnet18", 2, **kwargs)
+
+
+def test_tao_arch_spellings():
+    assert resolve_arch("resnet:18") == "resnet18"
+    assert resolve_arch("resnet", 50) == "resnet50"
+    assert resolve_arch("ResNet18") == "resnet18"
+    assert resolve_arch("mobilenet_v2", 0) == "mobilenet_v2"
+
+
+def test_list_models_pattern():
+    assert list_models("resnet*") == ["resnet10", "resnet101", "resnet18", "resnet34", "resnet50"]
+    assert "mobilenet_v2" in list_models()
