@@ -9,6 +9,7 @@ TAO passes them into the container; the launcher only takes its own flags out fi
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import click
@@ -86,6 +87,10 @@ class TaskCommand(click.Command):
             return _run(runtime_name, list(args), task.name, "run", args)
         task.check_subtask(subtask)
         command = local.entrypoint_command(task.name, subtask, args)
+        if "--dry-run" in args or "--dry_run" in args:
+            # The plan is the launcher's to tell; the subtask then checks its spec and paths.
+            click.echo(plan_text(runtime_name, task, command))
+            return local.run(command, task.name, subtask, args)
         return _run(runtime_name, command, task.name, subtask, args)
 
 
@@ -114,6 +119,14 @@ def _take_launcher_flags(args: list[str], root_runtime: str | None) -> tuple[str
 
 def _run(runtime_name: str, command: list[str], task: str, subtask: str, args: list[str]) -> int:
     return local.run(command, task, subtask, args)
+
+
+def plan_text(runtime_name: str, task: registry.Task, command: list[str]) -> str:
+    return "\n".join(["Plan (dry run, nothing is executed):",
+                      f"  runtime: {runtime_name}",
+                      f"  image:   {image_for(task)} (used by the docker runtime)",
+                      "  mounts:  none (the local runtime runs on this machine's paths)",
+                      f"  command: {shlex.join(command)}"])
 
 
 def task_help(task: registry.Task) -> str:
