@@ -24,7 +24,8 @@ def timed(argv: list[str]) -> float:
 def main() -> int:
     torch_import = timed([sys.executable, "-c", "import torch"])
     print(f"{'command':<28}{'median s':>10}{'vs import torch':>18}")
-    print(f"{'python -c \"import torch\"':<28}{torch_import:>10.3f}{1.0:>17.2f}x")
+    label = 'python -c "import torch"'
+    print(f"{label:<28}{torch_import:>10.3f}{1.0:>17.2f}x")
     worst = 0.0
     for args in (["--help"], ["info"], ["list"]):
         seconds = timed([sys.executable, "-m", "taoctl.launcher.cli", *args])
