@@ -17,7 +17,7 @@ import click
 from taoctl import __version__
 from taoctl.engine.cli import run_command
 from taoctl.errors import TaoctlError, did_you_mean
-from taoctl.launcher import jobs, registry
+from taoctl.launcher import jobs, registry, speccheck
 from taoctl.launcher.runtime import local
 
 RUNTIMES = ("local",)
@@ -203,6 +203,14 @@ def stop(ids, stop_all):
     for job_id in chosen:
         jobs.stop_job(running[job_id])
         click.echo(f"stopped {job_id}")
+
+
+@cli.group(name="spec")
+def spec_group():
+    """Spec files: `taoctl spec check <task> FILE...` loads them as the task would."""
+
+
+spec_group.add_command(speccheck.check)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ fields accepted with a warning.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import glob
 import os
 import sys
@@ -153,17 +154,29 @@ def detect_kind(path, kinds) -> SpecKind | None:
         return same_format[0]
     scored = [(len(set(names) & k.top_level_names), -i, k) for i, k in enumerate(same_format)]
     best = max(scored, key=lambda s: (s[0], s[1]))
+    if best[0] > 0:
+        return best[2]
+    # No exact match: a misspelt top-level field ("modl_config") should still get its
+    # did-you-mean from loading, so take the only candidate or the one with close names.
+    if len(same_format) == 1:
+        return same_format[0]
+    fuzzy = [(sum(bool(difflib.get_close_matches(n, k.top_level_names, 1, 0.75)) for n in names), -i, k)
+             for i, k in enumerate(same_format)]
+    best = max(fuzzy, key=lambda s: (s[0], s[1]))
     return best[2] if best[0] > 0 else None
 
 
-def check_file(path, kinds, on_warning: Callable[[str], None] | None = None):
+def check_file(path, kinds, on_warning: Callable[[str], None] | None = None, subtask: str | None = None):
     """Load a file as whichever of ``kinds`` it is; returns (kind, spec). Raises SpecError."""
     kinds_list = list(kinds.values()) if isinstance(kinds, dict) else list(kinds)
     read_text(path)  # a missing file is reported as such, not as "matches no kind"
     kind = detect_kind(path, kinds_list)
     if kind is None:
-        names = ", ".join(k.name for k in kinds_list)
+        same_format = [k for k in kinds_list if k.is_yaml == is_yaml(path)]
         fmt = "YAML" if is_yaml(path) else "protobuf text"
-        raise SpecError(f"{path}: matches none of this task's spec kinds ({names}); its top-level fields "
-                        f"belong to no {fmt} spec here")
-    return kind, load(path, kind, on_warning)
+        if not same_format:
+            raise SpecError(f"{path}: this task reads no {fmt} spec files (its kinds: "
+                            f"{', '.join(k.name for k in kinds_list)})")
+        expected = "; ".join(f"{k.name}: {', '.join(sorted(k.top_level_names))}" for k in same_format)
+        raise SpecError(f"{path}: its top-level fields match none of this task's {fmt} spec kinds ({expected})")
+    return kind, load(path, kind, on_warning, subtask)
