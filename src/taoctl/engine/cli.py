@@ -150,3 +150,22 @@ def run_command(command: click.Command, args: list[str], prog_name: str) -> int:
 def echo(message: str = "") -> None:
     click.echo(message)
     sys.stdout.flush()
+
+
+def finish_dry_run(spec_path, spec, kind, flag_paths: dict[str, str | None] | None = None) -> int:
+    """End a ``--dry-run``: the spec already loaded; check the paths it and the flags name.
+
+    ``flag_paths`` maps a flag to the path given for it (``{"-m": model_path}``); unset ones are
+    skipped. Every missing path is listed, then one TaoctlError line says how many.
+    """
+    from taoctl.engine.spec import missing_paths
+
+    problems = missing_paths(spec, kind)
+    problems += [f"{flag}: {path} does not exist" for flag, path in (flag_paths or {}).items()
+                 if path and not os.path.exists(path)]
+    for problem in problems:
+        click.echo(f"{spec_path}: {problem}", err=True)
+    if problems:
+        raise TaoctlError(f"dry run: {len(problems)} path(s) named by {spec_path} or the flags do not exist")
+    echo(f"Dry run OK: {spec_path} parses and every path it names exists.")
+    return 0
