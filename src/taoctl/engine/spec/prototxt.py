@@ -129,6 +129,10 @@ class _Parser(text_format._Parser):  # noqa: SLF001 - see the module docstring
             detail = ""
             if "out of range" in str(exc):
                 detail = " (out of range)"
+            quote = token[:1]
+            if quote in ("'", '"') and (len(token) < 2 or token[-1] != quote):
+                raise self.error(value_line, value_column,
+                                 f"{field.name}: string is not closed (a {quote} is missing on this line)") from None
             got = token if token else "end of file"
             raise self.error(value_line, value_column,
                              f'{field.name} expects {type_words(field)}, got "{got}"{detail}') from None

@@ -99,10 +99,13 @@ class _Loader:
         return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
             annotation, "a single value")
 
-    def section(self, node, schema, path: str, name: str | None = None):
+    def section(self, node, schema, path: str):
         label = path or "the top level"
         if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, f"{name or path} expects a section of key: value pairs, got {self.got(node)}")
+            if not path:
+                raise self.error(node, f"expected key: value pairs at the top level, got {self.got(node)}")
+            raise self.error(node, f"{path.rsplit('.', 1)[-1]} expects a section of key: value pairs, "
+                                   f"got {self.got(node)}")
         hints = typing.get_type_hints(schema)
         fields = {f.name: f for f in dataclasses.fields(schema)}
         given: dict[str, object] = {}
