@@ -18,13 +18,15 @@ from taoctl import __version__
 from taoctl.engine.cli import run_command
 from taoctl.errors import TaoctlError, did_you_mean
 from taoctl.launcher import jobs, registry, speccheck
+from taoctl.launcher import images
+from taoctl.launcher.runtime import docker as docker_runtime
 from taoctl.launcher.runtime import local
 
-RUNTIMES = ("local",)
+RUNTIMES = ("local", "docker")
 DEFAULT_RUNTIME = "local"
 
 # Launcher flags a user may put anywhere after the task: {flag: takes a value}.
-LAUNCHER_FLAGS = {"--runtime": True}
+LAUNCHER_FLAGS = {"--runtime": True, **docker_runtime.FLAGS}
 
 
 class TaoctlGroup(click.Group):
@@ -81,17 +83,18 @@ class TaskCommand(click.Command):
         else:
             subtask, args = args[0], args[1:]
         runtime_name, args = _take_launcher_flags(args, ctx.find_root().params.get("runtime"))
+        docker_options, args = docker_runtime.take_flags(args)
         if subtask == "run":
             if not args:
                 raise TaoctlError(f"`taoctl {task.name} run` needs a command to run")
-            return _run(runtime_name, list(args), task.name, "run", args)
+            return _run(runtime_name, list(args), task.name, "run", args, docker_options)
         task.check_subtask(subtask)
         command = local.entrypoint_command(task.name, subtask, args)
         if "--dry-run" in args or "--dry_run" in args:
             # The plan is the launcher's to tell; the subtask then checks its spec and paths.
             click.echo(plan_text(runtime_name, task, command))
             return local.run(command, task.name, subtask, args)
-        return _run(runtime_name, command, task.name, subtask, args)
+        return _run(runtime_name, command, task.name, subtask, args, docker_options)
 
 
 def _take_launcher_flags(args: list[str], root_runtime: str | None) -> tuple[str, list[str]]:
@@ -117,7 +120,13 @@ def _take_launcher_flags(args: list[str], root_runtime: str | None) -> tuple[str
     return runtime_name, rest
 
 
-def _run(runtime_name: str, command: list[str], task: str, subtask: str, args: list[str]) -> int:
+def _run(runtime_name: str, command: list[str], task: str, subtask: str, args: list[str],
+         docker_options: dict | None = None) -> int:
+    if runtime_name == "docker":
+        return docker_runtime.run(task, subtask, args, **(docker_options or {}))
+    if docker_options:
+        raise TaoctlError(f"{', '.join(docker_runtime.FLAGS)} apply to the docker runtime: add --runtime docker")
+    docker_runtime.announce_local()
     return local.run(command, task, subtask, args)
 
 
@@ -142,7 +151,7 @@ def task_help(task: registry.Task) -> str:
 
 
 def image_for(task: registry.Task) -> str:
-    return f"taoctl/{task.group}:{__version__}"
+    return images.image_for(task)
 
 
 @click.group(cls=TaoctlGroup, context_settings={"help_option_names": ["-h", "--help"]},
@@ -166,7 +175,8 @@ for _group in (registry.MODEL, registry.DATASET, registry.DEPLOY):
 def info(verbose):
     """Version, runtimes and (with --verbose) every task."""
     click.echo(f"taoctl version: {__version__}")
-    click.echo("runtimes: local (available)")
+    docker_state = "reachable" if docker_runtime.reachable() else "not reachable"
+    click.echo(f"runtimes: local (available), docker ({docker_state} at {docker_runtime.socket_url()})")
     if not verbose:
         return
     click.echo("")
@@ -176,13 +186,16 @@ def info(verbose):
         names = [s if s in task.implemented_subtasks else f"{s}*" for s in task.subtasks]
         alias = f" ({', '.join(task.aliases)})" if task.aliases else ""
         click.echo(f"{task.name + alias:<32}{task.group:<16}{image_for(task):<28}{state:<13}{' '.join(names)}")
-    click.echo("\n* planned subtask")
+    click.echo("\n* planned subtask\n")
+    click.echo("\n".join(images.status_lines()))
 
 
 @cli.command(name="list")
 def list_jobs():
     """Running jobs of this user."""
     running = jobs.running_jobs()
+    if docker_runtime.reachable():
+        running += docker_runtime.list_containers()
     click.echo(f"{'id':<24}{'task':<20}{'subtask':<18}{'status':<10}started")
     for job in running:
         click.echo(f"{job['id']:<24}{job['task']:<20}{job['subtask']:<18}{job['status']:<10}{job['started']}")
@@ -194,6 +207,11 @@ def list_jobs():
 def stop(ids, stop_all):
     """Stop running jobs of this user."""
     running = {job["id"]: job for job in jobs.running_jobs()}
+    if docker_runtime.reachable():
+        running.update({job["id"]: job for job in docker_runtime.list_containers()})
+        # A docker container may be named by any prefix of its id, as docker allows.
+        short = [j for j, job in running.items() if job.get("runtime") == docker_runtime.NAME]
+        ids = [next((j for j in short if len(i) >= 4 and (j.startswith(i) or i.startswith(j))), i) for i in ids]
     if not ids and not stop_all:
         raise TaoctlError("say which jobs to stop: --container_id ID ... or --all")
     chosen = list(running) if stop_all else list(ids)
@@ -201,7 +219,10 @@ def stop(ids, stop_all):
     if unknown:
         raise TaoctlError(f"no running job {', '.join(unknown)}; `taoctl list` shows the running ones")
     for job_id in chosen:
-        jobs.stop_job(running[job_id])
+        if running[job_id].get("runtime") == docker_runtime.NAME:
+            docker_runtime.stop_containers([job_id])
+        else:
+            jobs.stop_job(running[job_id])
         click.echo(f"stopped {job_id}")
 
 
@@ -211,6 +232,7 @@ def spec_group():
 
 
 spec_group.add_command(speccheck.check)
+cli.add_command(images.images_group)
 
 
 def main(argv: list[str] | None = None) -> int:
