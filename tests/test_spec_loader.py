@@ -302,3 +302,15 @@ def test_spec_check_stays_torch_free(tmp_path):
             f"{str(write(tmp_path, GOOD))!r}]); assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_generated_pb2_files_match_their_protos(tmp_path):
+    """`make protos` output is committed: regenerating every .proto must not change a byte."""
+    protos = sorted(str(p.relative_to(SRC)) for p in SRC.glob("taoctl/**/proto/*.proto"))
+    assert "taoctl/tasks/classification/proto/experiment.proto" in protos
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{SRC}", f"--python_out={tmp_path}", *protos],
+                   check=True, cwd=SRC)
+    stale = [p for p in protos
+             if (tmp_path / p.replace(".proto", "_pb2.py")).read_bytes()
+             != (SRC / p.replace(".proto", "_pb2.py")).read_bytes()]
+    assert not stale, f"run `make protos` and commit: stale _pb2.py for {stale}"

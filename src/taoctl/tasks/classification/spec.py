@@ -21,7 +21,7 @@ KINDS = {
         },
         paths=("train_config.train_dataset_path", "train_config.val_dataset_path",
                "train_config.pretrained_model_path", "eval_config.eval_dataset_path",
-               "eval_config.model_path"),
+               "eval_config.model_path", "train_config.distillation.teacher_model_path"),
         corpus=("NVIDIA/tao_tensorflow1_backend/nvidia_tao_tf1/cv/makenet/experiment_specs/*",
                 "NVIDIA/tao_tutorials/notebooks/tao_launcher_starter_kit/classification_tf1/*/specs/*.cfg"),
         help="experiment spec (-e) of train, evaluate, inference, prune, export: "
