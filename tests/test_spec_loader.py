@@ -295,6 +295,14 @@ def test_spec_check_command(tmp_path):
     assert missing.returncode == 2
     assert missing.stdout == f"{good}: missing required value eval_config.eval_dataset_path\n"
     assert "unknown task" in taoctl("spec", "check", "clasification", str(good)).stderr
+    other = write(tmp_path, "random_seed: 1\nssd_config {\n}\n", "ssd.txt")
+    none = taoctl("spec", "check", "classification", str(other))
+    assert none.returncode == 2
+    assert none.stdout == (f"{other}: its top-level fields (random_seed, ssd_config) match none of the protobuf "
+                           "text spec kinds taoctl reads for this task (experiment: eval_config, model_config, "
+                           "train_config)\n")
+    no_specs = taoctl("spec", "check", "unet", str(good))
+    assert no_specs.returncode == 2 and "taoctl does not read unet spec files yet" in no_specs.stderr
 
 
 def test_spec_check_stays_torch_free(tmp_path):

@@ -157,9 +157,7 @@ def detect_kind(path, kinds) -> SpecKind | None:
     if best[0] > 0:
         return best[2]
     # No exact match: a misspelt top-level field ("modl_config") should still get its
-    # did-you-mean from loading, so take the only candidate or the one with close names.
-    if len(same_format) == 1:
-        return same_format[0]
+    # did-you-mean from loading, so take the kind with close names, if any.
     fuzzy = [(sum(bool(difflib.get_close_matches(n, k.top_level_names, 1, 0.75)) for n in names), -i, k)
              for i, k in enumerate(same_format)]
     best = max(fuzzy, key=lambda s: (s[0], s[1]))
@@ -178,5 +176,8 @@ def check_file(path, kinds, on_warning: Callable[[str], None] | None = None, sub
             raise SpecError(f"{path}: this task reads no {fmt} spec files (its kinds: "
                             f"{', '.join(k.name for k in kinds_list)})")
         expected = "; ".join(f"{k.name}: {', '.join(sorted(k.top_level_names))}" for k in same_format)
-        raise SpecError(f"{path}: its top-level fields match none of this task's {fmt} spec kinds ({expected})")
+        text = read_text(path)
+        found = yamlspec.top_level_names(text) if is_yaml(path) else prototxt.top_level_names(text)
+        raise SpecError(f"{path}: its top-level fields ({', '.join(dict.fromkeys(found or []))}) match none of "
+                        f"the {fmt} spec kinds taoctl reads for this task ({expected})")
     return kind, load(path, kind, on_warning, subtask)
