@@ -228,11 +228,11 @@ def yaml_error(tmp_path, text) -> str:
 
 def test_yaml_loads_with_defaults(tmp_path):
     path = write(tmp_path, "data:\n  image_dir: /images\n  ann_path: null\nspatial_aug:\n  rotation:\n"
-                           "    angle: 5\n  flip_list: [1, 2]\nextra: {a: 1.5}\n", "spec.yaml")
+                           "    angle: 5\n  flip_list: [1, 2]\nextra: {a: 1.5, b: 1e-4}\n", "spec.yaml")
     spec = specs.load(path, YAML_KIND)
     assert spec.data == Data(image_dir="/images", ann_path=None, output_image_width=960)
     assert spec.spatial_aug.rotation == Rotation(angle=5.0)
-    assert spec.spatial_aug.flip_list == [1, 2] and spec.extra == {"a": 1.5}
+    assert spec.spatial_aug.flip_list == [1, 2] and spec.extra == {"a": 1.5, "b": 1e-4}
     assert specs.missing_paths(spec, YAML_KIND) == ["data.image_dir: /images does not exist"]
 
 
@@ -245,6 +245,7 @@ def test_yaml_loads_with_defaults(tmp_path):
      'spec.yaml:5:12: units expects one of degrees, radians, got "degres" (did you mean "degrees"?)'),
     ("data:\n  image_dir: x\n  output_image_width: 1.5\n",
      'spec.yaml:3:23: output_image_width expects an integer, got "1.5"'),
+    ("data:\n  image_dir: x\nextra: {a: '1e-4'}\n", 'spec.yaml:3:12: a expects a number, got "1e-4"'),
     ("data:\n  image_dir: [a]\n", "spec.yaml:2:14: image_dir expects a string, got a list"),
     ("data:\n  image_dir: x\nspatial_aug:\n  flip_list: 3\n", 'spec.yaml:4:14: flip_list expects a list, got "3"'),
     ("data:\n  image_dir: x\n  image_dir: y\n", 'spec.yaml:3:3: key "image_dir" set twice in data'),

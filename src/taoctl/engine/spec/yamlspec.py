@@ -11,6 +11,7 @@ spatial_aug (did you mean "rotation"?)``.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 
@@ -23,6 +24,7 @@ _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _BOOL = "tag:yaml.org,2002:bool"
 _NULL = "tag:yaml.org,2002:null"
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 class _Loader:
@@ -88,6 +90,9 @@ class _Loader:
             return self.scalar(node)
         if annotation is float and tag in (_INT, _FLOAT):
             return float(self.scalar(node))
+        if annotation is float and tag == _STR and node.style is None and _EXPONENT_FLOAT.match(node.value):
+            # YAML 1.1 reads `lr: 1e-4` as a string; TAO 5's OmegaConf, and users, take it as a number.
+            return float(node.value)
         if annotation is str and tag in (_STR, _INT, _FLOAT):
             return node.value  # the text as written: `version: 1.10` stays "1.10"
         if annotation in (bool, int, float, str):
