@@ -191,7 +191,7 @@ def test_legacy_warnings_default_to_stderr(tmp_path, legacy_kind, capsys):
 
 @dataclasses.dataclass
 class Rotation:
-    angle: float = 0.0
+    angle: float | list[float] = 0.0
     units: Literal["degrees", "radians"] = "degrees"
     refine_box: bool = False
 
@@ -228,10 +228,10 @@ def yaml_error(tmp_path, text) -> str:
 
 def test_yaml_loads_with_defaults(tmp_path):
     path = write(tmp_path, "data:\n  image_dir: /images\n  ann_path: null\nspatial_aug:\n  rotation:\n"
-                           "    angle: 5\n  flip_list: [1, 2]\nextra: {a: 1.5, b: 1e-4}\n", "spec.yaml")
+                           "    angle: [5, 10]\n  flip_list: [1, 2]\nextra: {a: 1.5, b: 1e-4}\n", "spec.yaml")
     spec = specs.load(path, YAML_KIND)
     assert spec.data == Data(image_dir="/images", ann_path=None, output_image_width=960)
-    assert spec.spatial_aug.rotation == Rotation(angle=5.0)
+    assert spec.spatial_aug.rotation == Rotation(angle=[5.0, 10.0])
     assert spec.spatial_aug.flip_list == [1, 2] and spec.extra == {"a": 1.5, "b": 1e-4}
     assert specs.missing_paths(spec, YAML_KIND) == ["data.image_dir: /images does not exist"]
 
@@ -241,6 +241,8 @@ def test_yaml_loads_with_defaults(tmp_path):
      'spec.yaml:4:3: unknown key "rotaton" in spatial_aug (did you mean "rotation"?)'),
     ("data:\n  image_dir: x\nspatial_aug:\n  rotation:\n    angle: abc\n",
      'spec.yaml:5:12: angle expects a number, got "abc"'),
+    ("data:\n  image_dir: x\nspatial_aug:\n  rotation:\n    angle: [1, a]\n",
+     'spec.yaml:5:16: angle expects a number, got "a"'),
     ("data:\n  image_dir: x\nspatial_aug:\n  rotation:\n    units: degres\n",
      'spec.yaml:5:12: units expects one of degrees, radians, got "degres" (did you mean "degrees"?)'),
     ("data:\n  image_dir: x\n  output_image_width: 1.5\n",

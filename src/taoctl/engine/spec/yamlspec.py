@@ -55,9 +55,20 @@ class _Loader:
             if isinstance(node, yaml.ScalarNode) and node.tag == _NULL and type(None) in args:
                 return None
             others = [a for a in args if a is not type(None)]
-            if len(others) != 1:
-                raise TypeError(f"schema field {path}: only 'T | None' unions are supported")
-            return self.value(node, others[0], name, path)
+            if len(others) == 1:
+                return self.value(node, others[0], name, path)
+            # e.g. `angle: float | list[float]`: the alternatives of the node's shape (a list,
+            # a section, a scalar); with one left its own error is the precise one.
+            shaped = [a for a in others if self.shape(a) == self.shape_of(node)]
+            if len(shaped) == 1:
+                return self.value(node, shaped[0], name, path)
+            for alternative in shaped:
+                try:
+                    return self.value(node, alternative, name, path)
+                except SpecError:
+                    continue
+            words = " or ".join(self.words(a) for a in others)
+            raise self.error(node, f"{name} expects {words}, got {self.got(node)}")
         if dataclasses.is_dataclass(annotation):
             return self.section(node, annotation, path)
         if origin is list:
@@ -100,7 +111,29 @@ class _Loader:
         raise TypeError(f"schema field {path}: unsupported type {annotation!r}")
 
     @staticmethod
+    def shape(annotation) -> str:
+        origin = typing.get_origin(annotation)
+        if origin is list:
+            return "list"
+        if origin is dict or dataclasses.is_dataclass(annotation):
+            return "section"
+        return "scalar"
+
+    @staticmethod
+    def shape_of(node) -> str:
+        if isinstance(node, yaml.SequenceNode):
+            return "list"
+        return "section" if isinstance(node, yaml.MappingNode) else "scalar"
+
+    @staticmethod
     def words(annotation) -> str:
+        origin = typing.get_origin(annotation)
+        if origin is list:
+            return "a list"
+        if origin is dict or dataclasses.is_dataclass(annotation):
+            return "a section of key: value pairs"
+        if origin is typing.Literal:
+            return "one of " + ", ".join(str(a) for a in typing.get_args(annotation))
         return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
             annotation, "a single value")
 
