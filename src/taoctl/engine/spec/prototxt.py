@@ -63,7 +63,7 @@ class _Parser(text_format._Parser):  # noqa: SLF001 - see the module docstring
         super().__init__()
         self.filename = filename
         self.stack: list[str] = []  # path of the message being filled
-        self.opened: list[tuple[int, int]] = []  # where each open section started
+        self.opened: list[int] = []  # the line where each open section started
         self.seen: list[dict[str, int]] = [{}]  # non-repeated fields set in each open message: line
         self.sites: list[FieldSite] = []
         self.tokenizer = None
@@ -113,7 +113,7 @@ class _Parser(text_format._Parser):  # noqa: SLF001 - see the module docstring
             part = field.name
         self.sites.append(FieldSite(self._path(field), field, line, column, message, ""))
         self.stack.append(part)
-        self.opened.append((line, column))
+        self.opened.append(line)
         self.seen.append({})
         super()._MergeMessageField(tokenizer, message, field)
         self.seen.pop()
@@ -140,14 +140,14 @@ class _Parser(text_format._Parser):  # noqa: SLF001 - see the module docstring
 
 
 def _rewrite(parser: _Parser, exc: text_format.ParseError) -> SpecError:
-    """Word one of protobuf's own errors (syntax, oneof) for the user, keeping its position."""
+    """Word one of protobuf's own (syntax) errors for the user, keeping its position."""
     text = str(exc)
     text = re.sub(r"^\d+(:\d+)? : ", "", text)  # protobuf's own "LINE:COL : " prefix
     text = re.sub(r"^'.*?': ", "", text)  # and the quoted source line
     line, column = exc.GetLine() or 0, exc.GetColumn() or 0
     tokenizer = parser.tokenizer
     if text == 'Expected "}".' and parser.opened and tokenizer is not None and tokenizer.AtEnd():
-        open_line, open_column = parser.opened[-1]
+        open_line = parser.opened[-1]
         section = ".".join(parser.stack)
         return parser.error(line, column, f'end of file inside "{section} {{" opened at line {open_line}:'
                                           f' a "}}" is missing')
