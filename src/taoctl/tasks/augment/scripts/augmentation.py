@@ -1,0 +1,47 @@
+"""`taoctl dataset augmentation -e SPEC.yaml`: TAO 5 offline augmentation of a KITTI dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from taoctl.engine.cli import CONTEXT_SETTINGS, results_dir_option, spec_option
+from taoctl.errors import TaoctlError
+
+
+@click.command(context_settings=CONTEXT_SETTINGS,
+               help="Augment a KITTI detection dataset offline (TAO 5 YAML spec); boxes follow the image.")
+@spec_option()
+@results_dir_option()
+@click.option("--strict", is_flag=True, help="Fail (exit 2) when the input or output labels have any problem.")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
+def command(experiment_spec, results_dir, strict, verbose):
+    from taoctl.engine.data.augment import AugmentPlan
+    from taoctl.tasks.augment import common, spec
+
+    config = spec.load(experiment_spec, "augmentation")
+    data = config.data
+    if data.dataset_type != "kitti":
+        raise TaoctlError(f"{experiment_spec}: data.dataset_type {data.dataset_type!r}: taoctl augments KITTI "
+                          f"datasets; convert COCO to KITTI first")
+    out_root = data.output_dataset or results_dir or config.results_dir
+    if not out_root:
+        raise TaoctlError(f"{experiment_spec}: set data.output_dataset (or -r/--results_dir) for the output")
+    spatial, color = config.spatial_aug, config.color_aug
+    units = spatial.rotation.units
+    choices = {
+        "rotation_degrees": [common.degrees(a, units) for a in spatial.rotation.angle],
+        "shear_ratio_x": spatial.shear.shear_ratio_x, "shear_ratio_y": spatial.shear.shear_ratio_y,
+        "translate_x": spatial.translation.translate_x, "translate_y": spatial.translation.translate_y,
+        "hue_rotation_degrees": color.hue.hue_rotation_angle,
+        "saturation_factor": color.saturation.saturation_shift,
+        "contrast": color.contrast.contrast, "contrast_center": color.contrast.center,
+        "brightness_offset": color.brightness.offset,
+        "blur_std": config.blur_aug.std, "blur_size": config.blur_aug.size,
+    }
+    plan = AugmentPlan(flip_horizontal=spatial.flip.flip_horizontal, flip_vertical=spatial.flip.flip_vertical,
+                       output_width=data.output_image_width or 0, output_height=data.output_image_height or 0)
+    out_root = Path(out_root)
+    common.run(data.image_dir, data.ann_path, out_root / "images", out_root / "labels", plan, config.random_seed,
+               data.image_extension, choices=choices, strict=strict)

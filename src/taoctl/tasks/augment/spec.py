@@ -1,0 +1,135 @@
+"""Offline augmentation specs: TAO 3.x ``augment -a`` (protobuf text) and TAO 5 ``dataset augmentation -e`` (YAML).
+
+Torch-free; the launcher imports it. The YAML schema follows TAO 5 data services: every numeric
+augmentation value is a list, and each augmented image uses one value drawn from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from taoctl.engine.spec import SpecKind
+from taoctl.engine.spec import load as _load
+from taoctl.tasks.augment.proto import augmentation_config_pb2
+
+
+@dataclasses.dataclass
+class RefineBox:
+    enabled: bool = False  # TAO's AI-assisted box refinement; taoctl re-fits boxes geometrically
+    gt_cache: str = ""
+
+
+@dataclasses.dataclass
+class Rotation:
+    angle: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+    units: Literal["degrees", "radians"] = "degrees"
+    refine_box: RefineBox = dataclasses.field(default_factory=RefineBox)
+
+
+@dataclasses.dataclass
+class Shear:
+    shear_ratio_x: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+    shear_ratio_y: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+
+
+@dataclasses.dataclass
+class Flip:
+    flip_horizontal: bool = False
+    flip_vertical: bool = False
+
+
+@dataclasses.dataclass
+class Translation:
+    translate_x: list[int] = dataclasses.field(default_factory=lambda: [0])
+    translate_y: list[int] = dataclasses.field(default_factory=lambda: [0])
+
+
+@dataclasses.dataclass
+class SpatialAug:
+    rotation: Rotation = dataclasses.field(default_factory=Rotation)
+    shear: Shear = dataclasses.field(default_factory=Shear)
+    flip: Flip = dataclasses.field(default_factory=Flip)
+    translation: Translation = dataclasses.field(default_factory=Translation)
+
+
+@dataclasses.dataclass
+class Hue:
+    hue_rotation_angle: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+
+
+@dataclasses.dataclass
+class Saturation:
+    saturation_shift: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+
+
+@dataclasses.dataclass
+class Contrast:
+    contrast: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+    center: list[float] = dataclasses.field(default_factory=lambda: [127.5])
+
+
+@dataclasses.dataclass
+class Brightness:
+    offset: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+
+
+@dataclasses.dataclass
+class ColorAug:
+    hue: Hue = dataclasses.field(default_factory=Hue)
+    saturation: Saturation = dataclasses.field(default_factory=Saturation)
+    contrast: Contrast = dataclasses.field(default_factory=Contrast)
+    brightness: Brightness = dataclasses.field(default_factory=Brightness)
+
+
+@dataclasses.dataclass
+class BlurAug:
+    std: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+    size: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+
+
+@dataclasses.dataclass
+class Data:
+    image_dir: str = ""
+    ann_path: str = ""  # KITTI label folder
+    dataset_type: Literal["kitti", "coco"] = "kitti"
+    output_dataset: str = ""
+    output_image_width: int | None = None
+    output_image_height: int | None = None
+    batch_size: int = 1  # accepted for TAO compatibility; images are processed one at a time
+    include_masks: bool = False
+    image_extension: str | None = None
+
+
+@dataclasses.dataclass
+class AugmentationExperiment:
+    data: Data = dataclasses.field(default_factory=Data)
+    spatial_aug: SpatialAug = dataclasses.field(default_factory=SpatialAug)
+    color_aug: ColorAug = dataclasses.field(default_factory=ColorAug)
+    blur_aug: BlurAug = dataclasses.field(default_factory=BlurAug)
+    random_seed: int = 42
+    results_dir: str | None = None
+    gpu_ids: list[int] = dataclasses.field(default_factory=lambda: [0])
+    num_gpus: int = 1
+
+
+KINDS = {
+    "augment": SpecKind(
+        "augment",
+        message=augmentation_config_pb2.AugmentationConfig,
+        help="TAO 3.x augment spec (-a): spatial_config, color_config, blur_config, dataset_config, output size",
+    ),
+    "augmentation": SpecKind(
+        "augmentation",
+        schema=AugmentationExperiment,
+        required=("data.image_dir", "data.ann_path"),
+        paths=("data.image_dir", "data.ann_path"),
+        corpus=("NVIDIA/tao_tutorials/notebooks/tao_data_services/specs/augment.yaml",
+                "NVIDIA/tao_tutorials/notebooks/tao_data_services/kitti/specs/augment.yaml"),
+        help="TAO 5 dataset augmentation spec (-e, YAML): data, spatial_aug, color_aug, blur_aug",
+    ),
+}
+
+
+def load(path, kind: str = "augment", subtask: str | None = None, on_warning=None):
+    return _load(path, KINDS[kind], on_warning=on_warning, subtask=subtask)
