@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from taoctl.tasks.common.proto import experiment_logging_pb2 as taoctl_dot_tasks_dot_common_dot_proto_dot_experiment__logging__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2taoctl/tasks/classification/proto/experiment.proto\x12\x15taoctl.classification\"4\n\x0f\x42\x61tchNormConfig\x12\x10\n\x08momentum\x18\x01 \x01(\x02\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x02\"\xbe\x01\n\nActivation\x12\x17\n\x0f\x61\x63tivation_type\x18\x01 \x01(\t\x12Z\n\x15\x61\x63tivation_parameters\x18\x02 \x03(\x0b\x32;.taoctl.classification.Activation.ActivationParametersEntry\x1a;\n\x19\x41\x63tivationParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xce\x03\n\x0bModelConfig\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x18\n\x10input_image_size\x18\x02 \x01(\t\x12O\n\x1bresize_interpolation_method\x18\x0c \x01(\x0e\x32*.taoctl.classification.InterpolationMethod\x12\x10\n\x08n_layers\x18\x03 \x01(\r\x12\x13\n\x0bretain_head\x18\x04 \x01(\x08\x12\x16\n\x0euse_batch_norm\x18\x05 \x01(\x08\x12\x10\n\x08use_bias\x18\x06 \x01(\x08\x12\x13\n\x0buse_pooling\x18\x07 \x01(\x08\x12\x17\n\x0f\x61ll_projections\x18\x08 \x01(\x08\x12\x11\n\tfreeze_bn\x18\t \x01(\x08\x12\x15\n\rfreeze_blocks\x18\n \x03(\r\x12\x0f\n\x07\x64ropout\x18\x0b \x01(\x02\x12\x41\n\x11\x62\x61tch_norm_config\x18\r \x01(\x0b\x32&.taoctl.classification.BatchNormConfig\x12\x35\n\nactivation\x18\x0e \x01(\x0b\x32!.taoctl.classification.Activation\x12\x12\n\nbyom_model\x18\x0f \x01(\t\"\x80\x02\n\x0bWandBConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07project\x18\x03 \x01(\t\x12\x0e\n\x06\x65ntity\x18\x04 \x01(\t\x12\x0e\n\x06reinit\x18\x05 \x01(\x08\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x11\n\twandb_dir\x18\x08 \x01(\t\x12\r\n\x05notes\x18\t \x01(\t\x12\x35\n\x04mode\x18\n \x01(\x0e\x32\'.taoctl.classification.WandBConfig.MODE\"-\n\x04MODE\x12\n\n\x06ONLINE\x10\x00\x12\x0b\n\x07OFFLINE\x10\x01\x12\x0c\n\x08\x44ISABLED\x10\x02\"\x8b\x01\n\rClearMLConfig\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x1a\n\x12reuse_last_task_id\x18\x04 \x01(\x08\x12\x1a\n\x12\x63ontinue_last_task\x18\x05 \x01(\x08\x12\x15\n\rdeferred_init\x18\x06 \x01(\x08\"\xca\x01\n\x10VisualizerConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x12\n\nnum_images\x18\x02 \x01(\r\x12\x19\n\x11weight_histograms\x18\x03 \x01(\x08\x12\x38\n\x0cwandb_config\x18\x04 \x01(\x0b\x32\".taoctl.classification.WandBConfig\x12<\n\x0e\x63learml_config\x18\x05 \x01(\x0b\x32$.taoctl.classification.ClearMLConfig\"G\n\x0cStepLrConfig\x12\x15\n\rlearning_rate\x18\x01 \x01(\x02\x12\x11\n\tstep_size\x18\x02 \x01(\r\x12\r\n\x05gamma\x18\x03 \x01(\x02\"t\n\x12SoftAnnealLrConfig\x12\x15\n\rlearning_rate\x18\x01 \x01(\x02\x12\x12\n\nsoft_start\x18\x02 \x01(\x02\x12\x19\n\x11\x61nnealing_divider\x18\x03 \x01(\x02\x12\x18\n\x10\x61nnealing_points\x18\x07 \x03(\x02\"Q\n\x0e\x43osineLrConfig\x12\x15\n\rlearning_rate\x18\x01 \x01(\x02\x12\x14\n\x0cmin_lr_ratio\x18\x02 \x01(\x02\x12\x12\n\nsoft_start\x18\x03 \x01(\x02\"\xca\x01\n\x08LRConfig\x12\x33\n\x04step\x18\x01 \x01(\x0b\x32#.taoctl.classification.StepLrConfigH\x00\x12@\n\x0bsoft_anneal\x18\x02 \x01(\x0b\x32).taoctl.classification.SoftAnnealLrConfigH\x00\x12\x37\n\x06\x63osine\x18\x03 \x01(\x0b\x32%.taoctl.classification.CosineLrConfigH\x00\x42\x0e\n\x0clr_scheduler\"S\n\x12SgdOptimizerConfig\x12\n\n\x02lr\x18\x01 \x01(\x02\x12\r\n\x05\x64\x65\x63\x61y\x18\x02 \x01(\x02\x12\x10\n\x08momentum\x18\x03 \x01(\x02\x12\x10\n\x08nesterov\x18\x04 \x01(\x08\"a\n\x13\x41\x64\x61mOptimizerConfig\x12\n\n\x02lr\x18\x01 \x01(\x02\x12\x0e\n\x06\x62\x65ta_1\x18\x02 \x01(\x02\x12\x0e\n\x06\x62\x65ta_2\x18\x03 \x01(\x02\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\x02\x12\r\n\x05\x64\x65\x63\x61y\x18\x05 \x01(\x02\"Q\n\x16RmspropOptimizerConfig\x12\n\n\x02lr\x18\x01 \x01(\x02\x12\x0b\n\x03rho\x18\x02 \x01(\x02\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x02\x12\r\n\x05\x64\x65\x63\x61y\x18\x04 \x01(\x02\"\xd2\x01\n\x0fOptimizerConfig\x12\x38\n\x03sgd\x18\x01 \x01(\x0b\x32).taoctl.classification.SgdOptimizerConfigH\x00\x12:\n\x04\x61\x64\x61m\x18\x02 \x01(\x0b\x32*.taoctl.classification.AdamOptimizerConfigH\x00\x12@\n\x07rmsprop\x18\x03 \x01(\x0b\x32-.taoctl.classification.RmspropOptimizerConfigH\x00\x42\x07\n\x05optim\">\n\tRegConfig\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x14\n\x0cweight_decay\x18\x03 \x01(\x02\"T\n\x12\x44istillationConfig\x12\x1a\n\x12teacher_model_path\x18\x01 \x01(\t\x12\r\n\x05\x61lpha\x18\x02 \x01(\x02\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\"\xb2\x06\n\x0bTrainConfig\x12\x1a\n\x12train_dataset_path\x18\x01 \x01(\t\x12\x18\n\x10val_dataset_path\x18\x02 \x01(\t\x12\x1d\n\x15pretrained_model_path\x18\x03 \x01(\t\x12\x39\n\toptimizer\x18\x04 \x01(\x0b\x32&.taoctl.classification.OptimizerConfig\x12\x1a\n\x12\x62\x61tch_size_per_gpu\x18\x05 \x01(\r\x12\x10\n\x08n_epochs\x18\x06 \x01(\r\x12\x11\n\tn_workers\x18\x07 \x01(\r\x12\x34\n\nreg_config\x18\x08 \x01(\x0b\x32 .taoctl.classification.RegConfig\x12\x32\n\tlr_config\x18\t \x01(\x0b\x32\x1f.taoctl.classification.LRConfig\x12\x13\n\x0brandom_seed\x18\n \x01(\r\x12\x1a\n\x12\x65nable_random_crop\x18\x0b \x01(\x08\x12\x1a\n\x12\x65nable_center_crop\x18\x0e \x01(\x08\x12!\n\x19\x65nable_color_augmentation\x18\x0f \x01(\x08\x12\x17\n\x0flabel_smoothing\x18\x0c \x01(\x02\x12\x17\n\x0fpreprocess_mode\x18\r \x01(\t\x12\x13\n\x0bmixup_alpha\x18\x10 \x01(\x02\x12\x19\n\x11model_parallelism\x18\x11 \x03(\x02\x12\x45\n\nimage_mean\x18\x12 \x03(\x0b\x32\x31.taoctl.classification.TrainConfig.ImageMeanEntry\x12\x1f\n\x17\x64isable_horizontal_flip\x18\x13 \x01(\x08\x12;\n\nvisualizer\x18\x14 \x01(\x0b\x32\'.taoctl.classification.VisualizerConfig\x12?\n\x0c\x64istillation\x18\x64 \x01(\x0b\x32).taoctl.classification.DistillationConfig\x1a\x30\n\x0eImageMeanEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x8d\x01\n\nEvalConfig\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x19\n\x11\x65val_dataset_path\x18\x02 \x01(\t\x12\x12\n\nmodel_path\x18\x03 \x01(\t\x12\x12\n\nbatch_size\x18\x04 \x01(\r\x12\x11\n\tn_workers\x18\x05 \x01(\r\x12\x1a\n\x12\x65nable_center_crop\x18\x06 \x01(\x08\"\xb8\x01\n\nExperiment\x12\x36\n\x0b\x65val_config\x18\x01 \x01(\x0b\x32!.taoctl.classification.EvalConfig\x12\x38\n\x0cmodel_config\x18\x02 \x01(\x0b\x32\".taoctl.classification.ModelConfig\x12\x38\n\x0ctrain_config\x18\x03 \x01(\x0b\x32\".taoctl.classification.TrainConfig*0\n\x13InterpolationMethod\x12\x0c\n\x08\x42ILINEAR\x10\x00\x12\x0b\n\x07\x42ICUBIC\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2taoctl/tasks/classification/proto/experiment.proto\x12\x15taoctl.classification\x1a\x32taoctl/tasks/common/proto/experiment_logging.proto\"4\n\x0f\x42\x61tchNormConfig\x12\x10\n\x08momentum\x18\x01 \x01(\x02\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x02\"\xbe\x01\n\nActivation\x12\x17\n\x0f\x61\x63tivation_type\x18\x01 \x01(\t\x12Z\n\x15\x61\x63tivation_parameters\x18\x02 \x03(\x0b\x32;.taoctl.classification.Activation.ActivationParametersEntry\x1a;\n\x19\x41\x63tivationParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xce\x03\n\x0bModelConfig\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x18\n\x10input_image_size\x18\x02 \x01(\t\x12O\n\x1bresize_interpolation_method\x18\x0c \x01(\x0e\x32*.taoctl.classification.InterpolationMethod\x12\x10\n\x08n_layers\x18\x03 \x01(\r\x12\x13\n\x0bretain_head\x18\x04 \x01(\x08\x12\x16\n\x0euse_batch_norm\x18\x05 \x01(\x08\x12\x10\n\x08use_bias\x18\x06 \x01(\x08\x12\x13\n\x0buse_pooling\x18\x07 \x01(\x08\x12\x17\n\x0f\x61ll_projections\x18\x08 \x01(\x08\x12\x11\n\tfreeze_bn\x18\t \x01(\x08\x12\x15\n\rfreeze_blocks\x18\n \x03(\r\x12\x0f\n\x07\x64ropout\x18\x0b \x01(\x02\x12\x41\n\x11\x62\x61tch_norm_config\x18\r \x01(\x0b\x32&.taoctl.classification.BatchNormConfig\x12\x35\n\nactivation\x18\x0e \x01(\x0b\x32!.taoctl.classification.Activation\x12\x12\n\nbyom_model\x18\x0f \x01(\t\"\xba\x01\n\x10VisualizerConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x12\n\nnum_images\x18\x02 \x01(\r\x12\x19\n\x11weight_histograms\x18\x03 \x01(\x08\x12\x30\n\x0cwandb_config\x18\x04 \x01(\x0b\x32\x1a.taoctl.common.WandBConfig\x12\x34\n\x0e\x63learml_config\x18\x05 \x01(\x0b\x32\x1c.taoctl.common.ClearMLConfig\"G\n\x0cStepLrConfig\x12\x15\n\rlearning_rate\x18\x01 \x01(\x02\x12\x11\n\tstep_size\x18\x02 \x01(\r\x12\r\n\x05gamma\x18\x03 \x01(\x02\"t\n\x12SoftAnnealLrConfig\x12\x15\n\rlearning_rate\x18\x01 \x01(\x02\x12\x12\n\nsoft_start\x18\x02 \x01(\x02\x12\x19\n\x11\x61nnealing_divider\x18\x03 \x01(\x02\x12\x18\n\x10\x61nnealing_points\x18\x07 \x03(\x02\"Q\n\x0e\x43osineLrConfig\x12\x15\n\rlearning_rate\x18\x01 \x01(\x02\x12\x14\n\x0cmin_lr_ratio\x18\x02 \x01(\x02\x12\x12\n\nsoft_start\x18\x03 \x01(\x02\"\xca\x01\n\x08LRConfig\x12\x33\n\x04step\x18\x01 \x01(\x0b\x32#.taoctl.classification.StepLrConfigH\x00\x12@\n\x0bsoft_anneal\x18\x02 \x01(\x0b\x32).taoctl.classification.SoftAnnealLrConfigH\x00\x12\x37\n\x06\x63osine\x18\x03 \x01(\x0b\x32%.taoctl.classification.CosineLrConfigH\x00\x42\x0e\n\x0clr_scheduler\"S\n\x12SgdOptimizerConfig\x12\n\n\x02lr\x18\x01 \x01(\x02\x12\r\n\x05\x64\x65\x63\x61y\x18\x02 \x01(\x02\x12\x10\n\x08momentum\x18\x03 \x01(\x02\x12\x10\n\x08nesterov\x18\x04 \x01(\x08\"a\n\x13\x41\x64\x61mOptimizerConfig\x12\n\n\x02lr\x18\x01 \x01(\x02\x12\x0e\n\x06\x62\x65ta_1\x18\x02 \x01(\x02\x12\x0e\n\x06\x62\x65ta_2\x18\x03 \x01(\x02\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\x02\x12\r\n\x05\x64\x65\x63\x61y\x18\x05 \x01(\x02\"Q\n\x16RmspropOptimizerConfig\x12\n\n\x02lr\x18\x01 \x01(\x02\x12\x0b\n\x03rho\x18\x02 \x01(\x02\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x02\x12\r\n\x05\x64\x65\x63\x61y\x18\x04 \x01(\x02\"\xd2\x01\n\x0fOptimizerConfig\x12\x38\n\x03sgd\x18\x01 \x01(\x0b\x32).taoctl.classification.SgdOptimizerConfigH\x00\x12:\n\x04\x61\x64\x61m\x18\x02 \x01(\x0b\x32*.taoctl.classification.AdamOptimizerConfigH\x00\x12@\n\x07rmsprop\x18\x03 \x01(\x0b\x32-.taoctl.classification.RmspropOptimizerConfigH\x00\x42\x07\n\x05optim\">\n\tRegConfig\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x14\n\x0cweight_decay\x18\x03 \x01(\x02\"T\n\x12\x44istillationConfig\x12\x1a\n\x12teacher_model_path\x18\x01 \x01(\t\x12\r\n\x05\x61lpha\x18\x02 \x01(\x02\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\"\xb2\x06\n\x0bTrainConfig\x12\x1a\n\x12train_dataset_path\x18\x01 \x01(\t\x12\x18\n\x10val_dataset_path\x18\x02 \x01(\t\x12\x1d\n\x15pretrained_model_path\x18\x03 \x01(\t\x12\x39\n\toptimizer\x18\x04 \x01(\x0b\x32&.taoctl.classification.OptimizerConfig\x12\x1a\n\x12\x62\x61tch_size_per_gpu\x18\x05 \x01(\r\x12\x10\n\x08n_epochs\x18\x06 \x01(\r\x12\x11\n\tn_workers\x18\x07 \x01(\r\x12\x34\n\nreg_config\x18\x08 \x01(\x0b\x32 .taoctl.classification.RegConfig\x12\x32\n\tlr_config\x18\t \x01(\x0b\x32\x1f.taoctl.classification.LRConfig\x12\x13\n\x0brandom_seed\x18\n \x01(\r\x12\x1a\n\x12\x65nable_random_crop\x18\x0b \x01(\x08\x12\x1a\n\x12\x65nable_center_crop\x18\x0e \x01(\x08\x12!\n\x19\x65nable_color_augmentation\x18\x0f \x01(\x08\x12\x17\n\x0flabel_smoothing\x18\x0c \x01(\x02\x12\x17\n\x0fpreprocess_mode\x18\r \x01(\t\x12\x13\n\x0bmixup_alpha\x18\x10 \x01(\x02\x12\x19\n\x11model_parallelism\x18\x11 \x03(\x02\x12\x45\n\nimage_mean\x18\x12 \x03(\x0b\x32\x31.taoctl.classification.TrainConfig.ImageMeanEntry\x12\x1f\n\x17\x64isable_horizontal_flip\x18\x13 \x01(\x08\x12;\n\nvisualizer\x18\x14 \x01(\x0b\x32\'.taoctl.classification.VisualizerConfig\x12?\n\x0c\x64istillation\x18\x64 \x01(\x0b\x32).taoctl.classification.DistillationConfig\x1a\x30\n\x0eImageMeanEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x8d\x01\n\nEvalConfig\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x19\n\x11\x65val_dataset_path\x18\x02 \x01(\t\x12\x12\n\nmodel_path\x18\x03 \x01(\t\x12\x12\n\nbatch_size\x18\x04 \x01(\r\x12\x11\n\tn_workers\x18\x05 \x01(\r\x12\x1a\n\x12\x65nable_center_crop\x18\x06 \x01(\x08\"\xb8\x01\n\nExperiment\x12\x36\n\x0b\x65val_config\x18\x01 \x01(\x0b\x32!.taoctl.classification.EvalConfig\x12\x38\n\x0cmodel_config\x18\x02 \x01(\x0b\x32\".taoctl.classification.ModelConfig\x12\x38\n\x0ctrain_config\x18\x03 \x01(\x0b\x32\".taoctl.classification.TrainConfig*0\n\x13InterpolationMethod\x12\x0c\n\x08\x42ILINEAR\x10\x00\x12\x0b\n\x07\x42ICUBIC\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,50 +36,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACTIVATION_ACTIVATIONPARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_TRAINCONFIG_IMAGEMEANENTRY']._loaded_options = None
   _globals['_TRAINCONFIG_IMAGEMEANENTRY']._serialized_options = b'8\001'
-  _globals['_INTERPOLATIONMETHOD']._serialized_start=3656
-  _globals['_INTERPOLATIONMETHOD']._serialized_end=3704
-  _globals['_BATCHNORMCONFIG']._serialized_start=77
-  _globals['_BATCHNORMCONFIG']._serialized_end=129
-  _globals['_ACTIVATION']._serialized_start=132
-  _globals['_ACTIVATION']._serialized_end=322
-  _globals['_ACTIVATION_ACTIVATIONPARAMETERSENTRY']._serialized_start=263
-  _globals['_ACTIVATION_ACTIVATIONPARAMETERSENTRY']._serialized_end=322
-  _globals['_MODELCONFIG']._serialized_start=325
-  _globals['_MODELCONFIG']._serialized_end=787
-  _globals['_WANDBCONFIG']._serialized_start=790
-  _globals['_WANDBCONFIG']._serialized_end=1046
-  _globals['_WANDBCONFIG_MODE']._serialized_start=1001
-  _globals['_WANDBCONFIG_MODE']._serialized_end=1046
-  _globals['_CLEARMLCONFIG']._serialized_start=1049
-  _globals['_CLEARMLCONFIG']._serialized_end=1188
-  _globals['_VISUALIZERCONFIG']._serialized_start=1191
-  _globals['_VISUALIZERCONFIG']._serialized_end=1393
-  _globals['_STEPLRCONFIG']._serialized_start=1395
-  _globals['_STEPLRCONFIG']._serialized_end=1466
-  _globals['_SOFTANNEALLRCONFIG']._serialized_start=1468
-  _globals['_SOFTANNEALLRCONFIG']._serialized_end=1584
-  _globals['_COSINELRCONFIG']._serialized_start=1586
-  _globals['_COSINELRCONFIG']._serialized_end=1667
-  _globals['_LRCONFIG']._serialized_start=1670
-  _globals['_LRCONFIG']._serialized_end=1872
-  _globals['_SGDOPTIMIZERCONFIG']._serialized_start=1874
-  _globals['_SGDOPTIMIZERCONFIG']._serialized_end=1957
-  _globals['_ADAMOPTIMIZERCONFIG']._serialized_start=1959
-  _globals['_ADAMOPTIMIZERCONFIG']._serialized_end=2056
-  _globals['_RMSPROPOPTIMIZERCONFIG']._serialized_start=2058
-  _globals['_RMSPROPOPTIMIZERCONFIG']._serialized_end=2139
-  _globals['_OPTIMIZERCONFIG']._serialized_start=2142
-  _globals['_OPTIMIZERCONFIG']._serialized_end=2352
-  _globals['_REGCONFIG']._serialized_start=2354
-  _globals['_REGCONFIG']._serialized_end=2416
-  _globals['_DISTILLATIONCONFIG']._serialized_start=2418
-  _globals['_DISTILLATIONCONFIG']._serialized_end=2502
-  _globals['_TRAINCONFIG']._serialized_start=2505
-  _globals['_TRAINCONFIG']._serialized_end=3323
-  _globals['_TRAINCONFIG_IMAGEMEANENTRY']._serialized_start=3275
-  _globals['_TRAINCONFIG_IMAGEMEANENTRY']._serialized_end=3323
-  _globals['_EVALCONFIG']._serialized_start=3326
-  _globals['_EVALCONFIG']._serialized_end=3467
-  _globals['_EXPERIMENT']._serialized_start=3470
-  _globals['_EXPERIMENT']._serialized_end=3654
+  _globals['_INTERPOLATIONMETHOD']._serialized_start=3291
+  _globals['_INTERPOLATIONMETHOD']._serialized_end=3339
+  _globals['_BATCHNORMCONFIG']._serialized_start=129
+  _globals['_BATCHNORMCONFIG']._serialized_end=181
+  _globals['_ACTIVATION']._serialized_start=184
+  _globals['_ACTIVATION']._serialized_end=374
+  _globals['_ACTIVATION_ACTIVATIONPARAMETERSENTRY']._serialized_start=315
+  _globals['_ACTIVATION_ACTIVATIONPARAMETERSENTRY']._serialized_end=374
+  _globals['_MODELCONFIG']._serialized_start=377
+  _globals['_MODELCONFIG']._serialized_end=839
+  _globals['_VISUALIZERCONFIG']._serialized_start=842
+  _globals['_VISUALIZERCONFIG']._serialized_end=1028
+  _globals['_STEPLRCONFIG']._serialized_start=1030
+  _globals['_STEPLRCONFIG']._serialized_end=1101
+  _globals['_SOFTANNEALLRCONFIG']._serialized_start=1103
+  _globals['_SOFTANNEALLRCONFIG']._serialized_end=1219
+  _globals['_COSINELRCONFIG']._serialized_start=1221
+  _globals['_COSINELRCONFIG']._serialized_end=1302
+  _globals['_LRCONFIG']._serialized_start=1305
+  _globals['_LRCONFIG']._serialized_end=1507
+  _globals['_SGDOPTIMIZERCONFIG']._serialized_start=1509
+  _globals['_SGDOPTIMIZERCONFIG']._serialized_end=1592
+  _globals['_ADAMOPTIMIZERCONFIG']._serialized_start=1594
+  _globals['_ADAMOPTIMIZERCONFIG']._serialized_end=1691
+  _globals['_RMSPROPOPTIMIZERCONFIG']._serialized_start=1693
+  _globals['_RMSPROPOPTIMIZERCONFIG']._serialized_end=1774
+  _globals['_OPTIMIZERCONFIG']._serialized_start=1777
+  _globals['_OPTIMIZERCONFIG']._serialized_end=1987
+  _globals['_REGCONFIG']._serialized_start=1989
+  _globals['_REGCONFIG']._serialized_end=2051
+  _globals['_DISTILLATIONCONFIG']._serialized_start=2053
+  _globals['_DISTILLATIONCONFIG']._serialized_end=2137
+  _globals['_TRAINCONFIG']._serialized_start=2140
+  _globals['_TRAINCONFIG']._serialized_end=2958
+  _globals['_TRAINCONFIG_IMAGEMEANENTRY']._serialized_start=2910
+  _globals['_TRAINCONFIG_IMAGEMEANENTRY']._serialized_end=2958
+  _globals['_EVALCONFIG']._serialized_start=2961
+  _globals['_EVALCONFIG']._serialized_end=3102
+  _globals['_EXPERIMENT']._serialized_start=3105
+  _globals['_EXPERIMENT']._serialized_end=3289
 # @@protoc_insertion_point(module_scope)
