@@ -269,3 +269,20 @@ def test_bccd_converts_and_round_trips(tmp_path):
     for frame in frames:
         assert frame.classes == by_id[frame.frame_id].classes
         np.testing.assert_array_equal(frame.boxes, by_id[frame.frame_id].boxes)
+
+
+def test_data_source_from_tfrecords_or_kitti_agree(sample_kitti, tmp_path):
+    spec = _spec(tmp_path, sample_kitti, 'partition_mode: "random" num_partitions: 2 val_split: 0 num_shards: 2')
+    out = tmp_path / "tf" / "all"
+    assert _taoctl("yolo_v3", "dataset_convert", "-d", str(spec), "-o", str(out)).returncode == 0
+    from_records, r1 = kitti.load_data_source(sample_kitti, tfrecords_path=str(out) + "*", extension=".png",
+                                              class_mapping={"circle": "circle", "square": "square"})
+    from_labels, r2 = kitti.load_data_source(sample_kitti / "images", label_directory_path=sample_kitti / "labels")
+    assert len(from_records) == len(from_labels) == samples.KITTI_IMAGES
+    assert r1.class_counts == r2.class_counts and r1.objects == r2.objects
+    assert r1.counts() == {"unknown_class": r1.class_counts["triangle"]} and r2.clean
+    by_image = {Path(f.image_path).name: f for f in from_labels}
+    for frame in from_records:
+        np.testing.assert_array_equal(frame.boxes, by_image[Path(frame.image_path).name].boxes)
+    with pytest.raises(TaoctlError, match="matches no file"):
+        kitti.load_data_source(sample_kitti, tfrecords_path=str(tmp_path / "nothing*"))

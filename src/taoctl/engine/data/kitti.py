@@ -317,3 +317,32 @@ def read_tfrecords(tfrecords_path, image_directory: str | os.PathLike, extension
 
 def class_counts(frames: Iterable[Frame]) -> Counter:
     return Counter(c for f in frames for c in f.classes)
+
+
+def load_data_source(image_directory_path: str | os.PathLike, tfrecords_path=None,
+                     label_directory_path: str | os.PathLike | None = None, extension: str | None = None,
+                     class_mapping: Mapping[str, str] | None = None, require_one_size: bool = False,
+                     report: LabelReport | None = None) -> tuple[list[Frame], LabelReport]:
+    """Frames of one training spec ``data_sources`` entry, from TFRecords or straight from KITTI.
+
+    ``tfrecords_path`` (a glob) with ``image_directory_path``: shards written by dataset_convert
+    (ours or TAO's). ``label_directory_path`` with ``image_directory_path``: raw KITTI, checked
+    line by line into ``report``. Class names are lower-cased either way, as TAO's converter does.
+    """
+    report = report if report is not None else LabelReport()
+    if tfrecords_path:
+        frames = read_tfrecords(tfrecords_path, image_directory_path, extension)
+        for frame in frames:
+            report.class_counts.update(frame.classes)
+            report.objects += len(frame.objects)
+            if class_mapping:
+                for obj in frame.objects:
+                    if obj.cls not in class_mapping:
+                        report.add("unknown_class", frame.frame_id, repr(obj.cls))
+        report.frames += len(frames)
+        return check_sizes(frames, report, require_one_size) if frames else frames, report
+    if not label_directory_path:
+        raise TaoctlError("a data source needs tfrecords_path, or label_directory_path with image_directory_path")
+    frames, report = read_kitti(image_directory_path, label_directory_path, extension, class_mapping, lower=True,
+                                require_one_size=require_one_size, report=report)
+    return frames, report
