@@ -119,3 +119,26 @@ def test_dataset_augmentation_yaml(small_kitti, tmp_path):
     bad.write_text("data:\n  image_dir: x\n  ann_path: y\nspatial_aug:\n  rotaton:\n    angle: [5]\n")
     done = _run("dataset", "augmentation", "-e", str(bad))
     assert done.returncode == 2 and "bad.yaml:5:3" in done.stderr and "rotation" in done.stderr
+
+
+@pytest.mark.slow
+def test_bccd_augmented_converts_without_warnings(tmp_path):
+    from pathlib import Path
+
+    root = Path("/work/shared/data/bccd_kitti")
+    if not root.is_dir():
+        pytest.skip("bccd_kitti not available")
+    spec = tmp_path / "aug.txt"
+    spec.write_text('spatial_config { rotation_config { angle: 10 } flip_config { flip_horizontal: true } }\n'
+                    'color_config { hue_saturation_config { hue_rotation_angle: 15 } }\n'
+                    'blur_config { std: 1.0 size: 5 }\n'
+                    'dataset_config { image_path: "images" label_path: "labels" }\nimage_extension: ".jpg"\n')
+    out = tmp_path / "aug"
+    done = _run("augment", "-a", str(spec), "-d", str(root), "-o", str(out), "--strict")
+    assert done.returncode == 0, done.stderr
+    convert = tmp_path / "convert.txt"
+    convert.write_text(f'kitti_config {{ root_directory_path: "{out}" image_dir_name: "images" label_dir_name: "labels" '
+                       f'image_extension: ".jpg" partition_mode: "random" num_partitions: 2 val_split: 20 num_shards: 2 }}\n')
+    done = _run("detectnet_v2", "dataset_convert", "-d", str(convert), "-o", str(tmp_path / "tf" / "aug"), "--strict")
+    assert done.returncode == 0, done.stderr
+    assert "no label problems found" in done.stdout and done.stderr == ""
