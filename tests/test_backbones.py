@@ -7,21 +7,14 @@ from torch import nn
 from taoctl.engine.backbones import create_model, list_models, resolve_arch
 from taoctl.errors import TaoctlError
 
-# The biggest EfficientNets take several seconds per forward on 2 cores; the rest stay fast.
-SLOW = {"efficientnet_b5", "efficientnet_b6", "efficientnet_b7"}
+# The biggest EfficientNets take several seconds per step on 2 cores; the rest stay fast.
+SLOW = {"efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7"}
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in list_models()]
-
-
-def small_size(name):
-    from taoctl.engine.backbones import _REGISTRY
-
-    return max(32, _REGISTRY[name].min_size)
-
+SIZE = 16
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("channels", [1, 3])
-def test_forward_shape(name, channels):
-    size = small_size(name)
+@pytest.mark.parametrize("channels, size", [(1, 16), (3, 32)])  # 16 px is TAO's smallest input
+def test_forward_shape(name, channels, size):
     model = create_model(name, num_classes=7, input_image_size=f"{channels},{size},{size}")
     model.eval()
     with torch.no_grad():
@@ -34,7 +27,7 @@ def test_forward_shape(name, channels):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_freeze_blocks_stops_training(name):
-    size = small_size(name)
+    size = SIZE
     model = create_model(name, num_classes=3, input_image_size=f"3,{size},{size}",
                          freeze_blocks=[0, 1])
     frozen = {id(p) for i in (0, 1) for m in model.blocks()[i] for p in m.parameters()}
@@ -127,3 +120,49 @@ def test_tao_arch_spellings():
 def test_list_models_pattern():
     assert list_models("resnet*") == ["resnet10", "resnet101", "resnet18", "resnet34", "resnet50"]
     assert "mobilenet_v2" in list_models()
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("resnet18", {}),
+    ("mobilenet_v2", {}),
+    ("efficientnet_b0", {}),  # squeeze-excitation, swish
+    ("googlenet", {}),  # four-branch concat
+    ("cspdarknet19", {"activation": "mish"}),
+    ("vgg16", {"retain_head": True}),
+])
+def test_onnx_export_matches_torch(tmp_path, name, kwargs):
+    import onnxruntime as ort
+
+    model = create_model(name, num_classes=4, input_image_size="3,64,64", **kwargs).eval()
+    x = torch.randn(2, 3, 64, 64)
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "batch"}}, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert got.shape == (2, 4)
+    assert abs(got - want).max() < 1e-3
+
+
+def test_retain_head_keeps_original_layers():
+    vgg = create_model("vgg16", 3, retain_head=True)
+    assert [m.out_features for m in vgg.classifier if isinstance(m, nn.Linear)] == [4096, 4096, 3]
+    assert vgg.head_name == "classifier.6" and len(vgg.block_names) == 8  # 1-5 convs, 6-7 fc
+    squeeze = create_model("squeezenet", 3, retain_head=True)
+    assert isinstance(squeeze.head(), nn.Conv2d)
+    assert squeeze.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    assert isinstance(create_model("vgg16", 3).head(), nn.Linear)
+
+
+def test_original_defaults_follow_the_network():
+    vgg = create_model("vgg16", 3)
+    assert vgg.features[0].bias is not None
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in vgg.modules())
+    vgg_bn = create_model("vgg16", 3, use_batch_norm=True, use_bias=False, use_pooling=False)
+    assert vgg_bn.features[0].bias is None
+    assert not any(isinstance(m, nn.MaxPool2d) for m in vgg_bn.modules())
+    assert isinstance(create_model("darknet19", 3).stem[2], nn.LeakyReLU)
+    assert isinstance(create_model("efficientnet_b0", 3).features[0][2], nn.SiLU)
+    assert isinstance(create_model("efficientnet_lite0", 3).features[0][2], nn.ReLU6)

@@ -41,7 +41,8 @@ class ModelEntry:
     activation: str = "relu"
     activation_parameters: tuple = ()
     bn_eps: float = 1e-5
-    min_size: int = 16
+    use_bias: bool = False  # the original network's choices, used when the caller gives none
+    use_batch_norm: bool = True
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -92,7 +93,7 @@ def resolve_arch(arch: str, n_layers: int | None = None) -> str:
                       + f" (known: {', '.join(sorted(_FAMILIES) + list_models())})")
 
 
-def parse_input_image_size(value, min_size: int = 16, arch: str = "") -> tuple[int, int, int]:
+def parse_input_image_size(value) -> tuple[int, int, int]:
     """TAO's ``input_image_size: "C,H,W"`` (C is 1 or 3, H and W at least 16) as a tuple."""
     if isinstance(value, str):
         parts = [p.strip() for p in value.split(",")]
@@ -106,9 +107,6 @@ def parse_input_image_size(value, min_size: int = 16, arch: str = "") -> tuple[i
         raise TaoctlError(f"input_image_size {value!r}: channels must be 1 or 3, got {c}")
     if h < 16 or w < 16:
         raise TaoctlError(f"input_image_size {value!r}: height and width must be at least 16")
-    if h < min_size or w < min_size:
-        raise TaoctlError(f"input_image_size {value!r} is too small for {arch} "
-                          f"(needs height and width of at least {min_size})")
     return c, h, w
 
 
@@ -128,8 +126,8 @@ def create_model(
     *,
     input_image_size=None,
     in_chans: int | None = None,
-    use_batch_norm: bool = True,
-    use_bias: bool = False,
+    use_batch_norm: bool | None = None,
+    use_bias: bool | None = None,
     all_projections: bool = False,
     use_pooling: bool = True,
     retain_head: bool = False,
@@ -144,14 +142,15 @@ def create_model(
     batch_norm_config: {"momentum": m, "epsilon": e} in TAO/Keras convention (moving average
       keeps m of the old value; 0 means the default). activation: a type name or
       {"activation_type": ..., "activation_parameters": {...}}; None keeps the network's own.
-    Both also accept the protobuf messages of a parsed spec.
+    Both also accept the protobuf messages of a parsed spec. use_batch_norm/use_bias left as
+    None follow the original network (VGG, AlexNet, SqueezeNet: biases and no batch norm).
     """
     name = resolve_arch(arch, n_layers)
     entry = _REGISTRY[name]
     if int(num_classes) < 1:
         raise TaoctlError(f"num_classes must be at least 1, got {num_classes}")
     if input_image_size is not None:
-        shape = parse_input_image_size(input_image_size, entry.min_size, name)
+        shape = parse_input_image_size(input_image_size)
         if in_chans is not None and in_chans != shape[0]:
             raise TaoctlError(f"in_chans {in_chans} contradicts input_image_size {input_image_size!r}")
     else:
@@ -176,8 +175,9 @@ def create_model(
         raise TaoctlError(f"dropout must be in [0, 1), got {dropout}")
     options = BuildOptions(
         in_chans=shape[0],
-        use_batch_norm=bool(use_batch_norm),
-        use_bias=bool(use_bias),
+        input_size=shape[1:],
+        use_batch_norm=entry.use_batch_norm if use_batch_norm is None else bool(use_batch_norm),
+        use_bias=entry.use_bias if use_bias is None else bool(use_bias),
         all_projections=bool(all_projections),
         use_pooling=bool(use_pooling),
         retain_head=bool(retain_head),
@@ -198,15 +198,31 @@ def create_model(
 
 
 def _register_all() -> None:
-    from . import resnet, mobilenet
+    from . import darknet, efficientnet, googlenet, mobilenet, resnet, vgg
 
     for n in resnet.LAYERS:
         register(ModelEntry(f"resnet{n}", "resnet", n,
                             lambda nc, o, n=n: resnet.ResNet(n, nc, o)))
-    register(ModelEntry("mobilenet_v1", "mobilenet_v1", None,
-                        lambda nc, o: mobilenet.MobileNetV1(nc, o), activation="relu6"))
-    register(ModelEntry("mobilenet_v2", "mobilenet_v2", None,
-                        lambda nc, o: mobilenet.MobileNetV2(nc, o), activation="relu6"))
+    for n in vgg.VGG_GROUPS:
+        register(ModelEntry(f"vgg{n}", "vgg", n, lambda nc, o, n=n: vgg.VGG(n, nc, o),
+                            use_bias=True, use_batch_norm=False))
+    register(ModelEntry("alexnet", "alexnet", None, vgg.AlexNet,
+                        use_bias=True, use_batch_norm=False))
+    register(ModelEntry("googlenet", "googlenet", None, googlenet.GoogLeNet, bn_eps=1e-3))
+    register(ModelEntry("squeezenet", "squeezenet", None, googlenet.SqueezeNet,
+                        use_bias=True, use_batch_norm=False))
+    register(ModelEntry("mobilenet_v1", "mobilenet_v1", None, mobilenet.MobileNetV1,
+                        activation="relu6", bn_eps=1e-3))
+    register(ModelEntry("mobilenet_v2", "mobilenet_v2", None, mobilenet.MobileNetV2,
+                        activation="relu6"))
+    for family, n in darknet.STAGES:
+        register(ModelEntry(f"{family}{n}", family, n,
+                            lambda nc, o, f=family, n=n: darknet.DarkNet(f, n, nc, o),
+                            activation="leaky_relu", activation_parameters=(("alpha", 0.1),)))
+    for name, (_, _, _, lite) in efficientnet.VARIANTS.items():
+        register(ModelEntry(name, "efficientnet", None,
+                            lambda nc, o, name=name: efficientnet.EfficientNet(name, nc, o),
+                            activation="relu6" if lite else "swish", bn_eps=1e-3))
 
 
 _register_all()

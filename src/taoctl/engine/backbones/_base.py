@@ -70,6 +70,7 @@ class BuildOptions:
     """
 
     in_chans: int = 3
+    input_size: tuple[int, int] = (224, 224)  # H, W: fixes the flatten width of retained fc heads
     use_batch_norm: bool = True
     use_bias: bool = False
     all_projections: bool = False
