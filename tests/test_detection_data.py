@@ -248,6 +248,10 @@ def test_spec_errors_are_one_line(tmp_path):
     done = _taoctl("yolo_v3", "dataset_convert", "-d", str(spec), "-o", str(tmp_path / "o"))
     assert done.returncode == 2 and f"{spec}:3:3" in done.stderr and "val_split" in done.stderr
     assert "Traceback" not in done.stderr
+    good = tmp_path / "good.txt"
+    good.write_text('kitti_config { root_directory_path: "/nonexistent/kitti" }\n')
+    done = _taoctl("yolo_v3", "dataset_convert", "-d", str(good), "-o", str(tmp_path / "o"), "--dry-run")
+    assert done.returncode == 2 and "/nonexistent/kitti does not exist" in done.stderr
 
 
 @pytest.mark.slow

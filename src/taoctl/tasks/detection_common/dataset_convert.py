@@ -21,9 +21,14 @@ from taoctl.engine.cli import CONTEXT_SETTINGS, echo, results_dir_option
               help="Validation fold (0-based); the sample modifier changes only the other folds.")
 @results_dir_option()
 @click.option("--strict", is_flag=True, help="Fail (exit 2) on any label problem, before writing anything.")
+@click.option("--dry-run", "--dry_run", "dry_run", is_flag=True,
+              help="Parse the spec, check the paths it names, print the plan and exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
-def command(spec_path, output_filename, validation_fold, results_dir, strict, verbose):
+def command(spec_path, output_filename, validation_fold, results_dir, strict, dry_run, verbose):
+    from taoctl.engine.cli import finish_dry_run
     from taoctl.tasks.detection_common import convert, spec
 
     export_spec = spec.load(spec_path)
+    if dry_run:
+        return finish_dry_run(spec_path, export_spec, spec.KINDS["dataset_export"])
     convert.convert(export_spec, output_filename, validation_fold, results_dir, strict, echo=echo)

@@ -19,12 +19,17 @@ from taoctl.engine.cli import CONTEXT_SETTINGS
               type=click.Path(file_okay=False), help="Output folder (same layout).")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the spec's random_seed, else 42).")
 @click.option("--strict", is_flag=True, help="Fail (exit 2) when the input or output labels have any problem.")
+@click.option("--dry-run", "--dry_run", "dry_run", is_flag=True,
+              help="Parse the spec, check the paths it names, print the plan and exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
-def command(spec_path, dataset_dir, output_dir, seed, strict, verbose):
+def command(spec_path, dataset_dir, output_dir, seed, strict, dry_run, verbose):
+    from taoctl.engine.cli import finish_dry_run
     from taoctl.engine.data.augment import AugmentPlan
     from taoctl.tasks.augment import common, spec
 
     config = spec.load(spec_path, "augment")
+    if dry_run:
+        return finish_dry_run(spec_path, config, spec.KINDS["augment"], {"-d": dataset_dir})
     spatial, color = config.spatial_config, config.color_config
     plan = AugmentPlan(
         rotation_degrees=common.degrees(spatial.rotation_config.angle, spatial.rotation_config.units),

@@ -15,12 +15,17 @@ from taoctl.errors import TaoctlError
 @spec_option()
 @results_dir_option()
 @click.option("--strict", is_flag=True, help="Fail (exit 2) when the input or output labels have any problem.")
+@click.option("--dry-run", "--dry_run", "dry_run", is_flag=True,
+              help="Parse the spec, check the paths it names, print the plan and exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks.")
-def command(experiment_spec, results_dir, strict, verbose):
+def command(experiment_spec, results_dir, strict, dry_run, verbose):
+    from taoctl.engine.cli import finish_dry_run
     from taoctl.engine.data.augment import AugmentPlan
     from taoctl.tasks.augment import common, spec
 
     config = spec.load(experiment_spec, "augmentation")
+    if dry_run:
+        return finish_dry_run(experiment_spec, config, spec.KINDS["augmentation"])
     data = config.data
     if data.dataset_type != "kitti":
         raise TaoctlError(f"{experiment_spec}: data.dataset_type {data.dataset_type!r}: taoctl augments KITTI "
