@@ -108,7 +108,7 @@ def test_dataset_augmentation_yaml(small_kitti, tmp_path):
     spec.write_text(f"data:\n  image_dir: {small_kitti / 'images'}\n  ann_path: {small_kitti / 'labels'}\n"
                     f"  dataset_type: kitti\n  output_dataset: {tmp_path / 'out'}\n"
                     "  output_image_width: 80\n  output_image_height: 60\n"
-                    "spatial_aug:\n  rotation:\n    angle: [5, -5]\n  flip:\n    flip_vertical: true\n"
+                    "spatial_aug:\n  rotation:\n    angle: [5, -5]\n  shear:\n    shear_ratio_x: 0.1\n  flip:\n    flip_vertical: true\n"
                     "color_aug:\n  hue:\n    hue_rotation_angle: [10]\n"
                     "random_seed: 7\n")
     done = _run("dataset", "augmentation", "-e", str(spec))

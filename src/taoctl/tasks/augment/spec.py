@@ -1,7 +1,7 @@
 """Offline augmentation specs: TAO 3.x ``augment -a`` (protobuf text) and TAO 5 ``dataset augmentation -e`` (YAML).
 
-Torch-free; the launcher imports it. The YAML schema follows TAO 5 data services: every numeric
-augmentation value is a list, and each augmented image uses one value drawn from it.
+Torch-free; the launcher imports it. The YAML schema follows TAO 5 data services: a numeric
+augmentation value is a number or a list, and each augmented image uses one value drawn from the list.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ class RefineBox:
 
 @dataclasses.dataclass
 class Rotation:
-    angle: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+    angle: float | list[float] = 0.0
     units: Literal["degrees", "radians"] = "degrees"
     refine_box: RefineBox = dataclasses.field(default_factory=RefineBox)
 
 
 @dataclasses.dataclass
 class Shear:
-    shear_ratio_x: list[float] = dataclasses.field(default_factory=lambda: [0.0])
-    shear_ratio_y: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+    shear_ratio_x: float | list[float] = 0.0
+    shear_ratio_y: float | list[float] = 0.0
 
 
 @dataclasses.dataclass
@@ -41,8 +41,8 @@ class Flip:
 
 @dataclasses.dataclass
 class Translation:
-    translate_x: list[int] = dataclasses.field(default_factory=lambda: [0])
-    translate_y: list[int] = dataclasses.field(default_factory=lambda: [0])
+    translate_x: int | list[int] = 0
+    translate_y: int | list[int] = 0
 
 
 @dataclasses.dataclass
@@ -55,23 +55,23 @@ class SpatialAug:
 
 @dataclasses.dataclass
 class Hue:
-    hue_rotation_angle: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+    hue_rotation_angle: float | list[float] = 0.0
 
 
 @dataclasses.dataclass
 class Saturation:
-    saturation_shift: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+    saturation_shift: float | list[float] = 1.0
 
 
 @dataclasses.dataclass
 class Contrast:
-    contrast: list[float] = dataclasses.field(default_factory=lambda: [0.0])
-    center: list[float] = dataclasses.field(default_factory=lambda: [127.5])
+    contrast: float | list[float] = 0.0
+    center: float | list[float] = 127.5
 
 
 @dataclasses.dataclass
 class Brightness:
-    offset: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+    offset: float | list[float] = 0.0
 
 
 @dataclasses.dataclass
@@ -84,8 +84,8 @@ class ColorAug:
 
 @dataclasses.dataclass
 class BlurAug:
-    std: list[float] = dataclasses.field(default_factory=lambda: [0.0])
-    size: list[float] = dataclasses.field(default_factory=lambda: [0.0])
+    std: float | list[float] = 0.0
+    size: float | list[float] = 0.0
 
 
 @dataclasses.dataclass
@@ -109,7 +109,7 @@ class AugmentationExperiment:
     blur_aug: BlurAug = dataclasses.field(default_factory=BlurAug)
     random_seed: int = 42
     results_dir: str | None = None
-    gpu_ids: list[int] = dataclasses.field(default_factory=lambda: [0])
+    gpu_ids: int | list[int] = 0
     num_gpus: int = 1
 
 
@@ -129,6 +129,11 @@ KINDS = {
         help="TAO 5 dataset augmentation spec (-e, YAML): data, spatial_aug, color_aug, blur_aug",
     ),
 }
+
+
+def choices(value) -> list:
+    """A YAML value given as a number or a list of numbers, as a list."""
+    return list(value) if isinstance(value, list) else [value]
 
 
 def load(path, kind: str = "augment", subtask: str | None = None, on_warning=None):

@@ -35,15 +35,16 @@ def command(experiment_spec, results_dir, strict, dry_run, verbose):
         raise TaoctlError(f"{experiment_spec}: set data.output_dataset (or -r/--results_dir) for the output")
     spatial, color = config.spatial_aug, config.color_aug
     units = spatial.rotation.units
+    listed = spec.choices
     choices = {
-        "rotation_degrees": [common.degrees(a, units) for a in spatial.rotation.angle],
-        "shear_ratio_x": spatial.shear.shear_ratio_x, "shear_ratio_y": spatial.shear.shear_ratio_y,
-        "translate_x": spatial.translation.translate_x, "translate_y": spatial.translation.translate_y,
-        "hue_rotation_degrees": color.hue.hue_rotation_angle,
-        "saturation_factor": color.saturation.saturation_shift,
-        "contrast": color.contrast.contrast, "contrast_center": color.contrast.center,
-        "brightness_offset": color.brightness.offset,
-        "blur_std": config.blur_aug.std, "blur_size": config.blur_aug.size,
+        "rotation_degrees": [common.degrees(a, units) for a in listed(spatial.rotation.angle)],
+        "shear_ratio_x": listed(spatial.shear.shear_ratio_x), "shear_ratio_y": listed(spatial.shear.shear_ratio_y),
+        "translate_x": listed(spatial.translation.translate_x), "translate_y": listed(spatial.translation.translate_y),
+        "hue_rotation_degrees": listed(color.hue.hue_rotation_angle),
+        "saturation_factor": listed(color.saturation.saturation_shift),
+        "contrast": listed(color.contrast.contrast), "contrast_center": listed(color.contrast.center),
+        "brightness_offset": listed(color.brightness.offset),
+        "blur_std": listed(config.blur_aug.std), "blur_size": listed(config.blur_aug.size),
     }
     plan = AugmentPlan(flip_horizontal=spatial.flip.flip_horizontal, flip_vertical=spatial.flip.flip_vertical,
                        output_width=data.output_image_width or 0, output_height=data.output_image_height or 0)
