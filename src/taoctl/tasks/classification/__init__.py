@@ -1,0 +1,1 @@
+"""classification (TAO classification_tf1 / makenet): train, evaluate, inference, prune, export."""

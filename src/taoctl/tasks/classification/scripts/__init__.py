@@ -1,0 +1,1 @@
+"""One module per subtask; the launcher finds them by file name."""
