@@ -96,7 +96,7 @@ def test_each_defect_is_reported_with_its_line(defective):
                                       require_one_size=True)
     a = root / "labels" / "a.txt"
     issues = report.issues
-    assert issues["field_count"] == [f"{a}:2: 7 fields"]
+    assert issues["field_count"] == [f"{a}:2: 7 fields, expected 15"]
     assert issues["non_numeric"] == [f"{a}:3: 'ten'"]
     assert issues["inverted_box"][0].startswith(f"{a}:4:")
     assert issues["zero_area"][0].startswith(f"{a}:5:")

@@ -224,3 +224,30 @@ def test_agrees_with_pycocotools_at_iou_05(capsys):
         assert _coco_101(c.precision, c.recall) == pytest.approx(coco_ap, abs=1e-3)
         # ... and the exact area under the envelope differs only by their 101-point sampling.
         assert c.ap == pytest.approx(coco_ap, abs=0.01)
+
+
+def test_kitti_predictions_evaluate_against_labels(tmp_path):
+    """Inference output (16-field KITTI) read back and scored against the labels it came from."""
+    from PIL import Image
+
+    from taoctl.engine.data import kitti
+
+    for sub in ("images", "labels", "pred"):
+        (tmp_path / sub).mkdir()
+    Image.new("RGB", (100, 100)).save(tmp_path / "images" / "a.png")
+    truth = [kitti.KittiObject("car", (10.0, 10.0, 40.0, 40.0)), kitti.KittiObject("cyclist", (50.0, 50.0, 90.0, 95.0))]
+    (tmp_path / "labels" / "a.txt").write_text("".join(o.to_line() + "\n" for o in truth))
+    preds = [kitti.KittiObject("car", (11.0, 10.0, 40.0, 41.0), score=0.9),
+             kitti.KittiObject("car", (60.0, 0.0, 70.0, 10.0), score=0.95),
+             kitti.KittiObject("cyclist", (50.0, 50.0, 90.0, 95.0), score=0.8)]
+    (tmp_path / "pred" / "a.txt").write_text("".join(o.to_line() + "\n" for o in preds))
+    assert (tmp_path / "pred" / "a.txt").read_text().split("\n")[0].split()[-1] == "0.900000"
+    gt, _ = kitti.read_kitti(tmp_path / "images", tmp_path / "labels")
+    det, report = kitti.read_kitti(tmp_path / "images", tmp_path / "pred", with_score=True)
+    assert report.clean and [o.score for o in det[0].objects] == [0.9, 0.95, 0.8]
+    names = ["car", "cyclist"]
+    result = dm.evaluate(dm.frames_to_targets(gt, names), dm.frames_to_detections(det, names), names)
+    # car: FP at 0.95 then TP at 0.9 -> precision 1/2 at recall 1; cyclist: perfect.
+    assert result.ap_by_class() == pytest.approx({"car": 0.5, "cyclist": 1.0})
+    _, bad = kitti.read_kitti(tmp_path / "images", tmp_path / "labels", with_score=True)
+    assert bad.counts() == {"field_count": 2}

@@ -29,7 +29,7 @@ ISSUE_KINDS = {
     "missing_image": "label file without an image (frame skipped)",
     "missing_label": "image without a label file (frame skipped)",
     "unreadable_image": "image that cannot be read (frame skipped)",
-    "field_count": "line without 15 fields (object skipped)",
+    "field_count": "line without 15 fields (16 for detections) (object skipped)",
     "non_numeric": "non-numeric field (object skipped)",
     "inverted_box": "x1 >= x2 or y1 >= y2 (object skipped)",
     "zero_area": "box of zero width or height (object skipped)",
@@ -52,6 +52,7 @@ class KittiObject:
     location: tuple[float, float, float] = (0.0, 0.0, 0.0)  # x, y, z
     rotation_y: float = 0.0
     line: int = 0
+    score: float | None = None  # a detection's confidence: the 16th field of inference output
 
     def to_line(self) -> str:
         x1, y1, x2, y2 = self.box
@@ -59,7 +60,7 @@ class KittiObject:
         x, y, z = self.location
         return (f"{self.cls} {self.truncation:.2f} {int(self.occlusion)} {self.alpha:.2f} "
                 f"{x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f} {h:.2f} {w:.2f} {l:.2f} {x:.2f} {y:.2f} {z:.2f} "
-                f"{self.rotation_y:.2f}")
+                f"{self.rotation_y:.2f}" + ("" if self.score is None else f" {self.score:.6f}"))
 
 
 @dataclasses.dataclass
@@ -135,8 +136,11 @@ class LabelReport:
 
 
 def parse_label_file(path: str | os.PathLike, width: int | None, height: int | None, report: LabelReport,
-                     class_mapping: Mapping[str, str] | None = None, lower: bool = False) -> list[KittiObject]:
+                     class_mapping: Mapping[str, str] | None = None, lower: bool = False,
+                     with_score: bool = False) -> list[KittiObject]:
     """Objects of one KITTI label file, boxes clipped to ``width`` x ``height`` when given.
+
+    ``with_score``: the file holds detections, 16 fields, the last one the confidence.
 
     ``lower`` lower-cases class names, as TAO's converters do. With ``class_mapping`` (source →
     target), a class that is not a key is reported ``unknown_class`` but still returned, so
@@ -153,8 +157,9 @@ def parse_label_file(path: str | os.PathLike, width: int | None, height: int | N
         if not fields:
             continue
         where = f"{path}:{number}"
-        if len(fields) != 15:
-            report.add("field_count", where, f"{len(fields)} fields")
+        expected = 16 if with_score else 15
+        if len(fields) != expected:
+            report.add("field_count", where, f"{len(fields)} fields, expected {expected}")
             continue
         try:
             values = [float(v) for v in fields[1:]]
@@ -187,7 +192,8 @@ def parse_label_file(path: str | os.PathLike, width: int | None, height: int | N
         report.objects += 1
         objects.append(KittiObject(name, (x1, y1, x2, y2), truncation=values[0], occlusion=int(values[1]),
                                    alpha=values[2], dimensions=tuple(values[7:10]),
-                                   location=tuple(values[10:13]), rotation_y=values[13], line=number))
+                                   location=tuple(values[10:13]), rotation_y=values[13], line=number,
+                                   score=values[14] if with_score else None))
     return objects
 
 
@@ -227,8 +233,12 @@ def find_images(folder: str | os.PathLike, extension: str | None = None) -> dict
 def read_kitti(image_dir: str | os.PathLike, label_dir: str | os.PathLike, extension: str | None = None,
                class_mapping: Mapping[str, str] | None = None, lower: bool = False,
                require_one_size: bool = False, verify_images: bool = True,
-               frame_prefix: str = "", report: LabelReport | None = None) -> tuple[list[Frame], LabelReport]:
-    """Frames of a KITTI folder pair, sorted by stem, and the report of everything wrong with them."""
+               frame_prefix: str = "", report: LabelReport | None = None,
+               with_score: bool = False) -> tuple[list[Frame], LabelReport]:
+    """Frames of a KITTI folder pair, sorted by stem, and the report of everything wrong with them.
+
+    ``with_score``: the labels are detections (16 fields, the last the confidence).
+    """
     report = report if report is not None else LabelReport()
     images = find_images(image_dir, extension)
     label_dir = Path(label_dir)
@@ -251,7 +261,7 @@ def read_kitti(image_dir: str | os.PathLike, label_dir: str | os.PathLike, exten
         except OSError as exc:
             report.add("unreadable_image", str(image_path), str(exc))
             continue
-        objects = parse_label_file(labels[stem], width, height, report, class_mapping, lower)
+        objects = parse_label_file(labels[stem], width, height, report, class_mapping, lower, with_score)
         frame_id = f"{frame_prefix}/{stem}" if frame_prefix else stem
         frames.append(Frame(frame_id, str(image_path), width, height, objects))
     report.frames += len(frames)

@@ -279,3 +279,15 @@ def frames_to_targets(frames, class_names: Sequence[str], difficult_occlusion: i
             difficult = np.array([o.occlusion >= difficult_occlusion for o in objs], dtype=bool)
         out.append(ImageTargets(boxes, classes, difficult))
     return out
+
+
+def frames_to_detections(frames, class_names: Sequence[str]) -> list[ImageDetections]:
+    """ImageDetections from Frames whose objects carry a ``score`` (KITTI inference output)."""
+    index = {n: i for i, n in enumerate(class_names)}
+    out = []
+    for frame in frames:
+        objs = [o for o in frame.objects if o.cls in index]
+        out.append(ImageDetections(np.array([o.box for o in objs], dtype=np.float64).reshape(-1, 4),
+                                   np.array([index[o.cls] for o in objs], dtype=np.int64),
+                                   np.array([1.0 if o.score is None else o.score for o in objs], dtype=np.float64)))
+    return out
