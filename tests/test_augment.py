@@ -1,5 +1,6 @@
 """Offline augmentation: boxes follow every geometric op; the CLI writes a valid, reproducible KITTI set."""
 
+import shutil
 import subprocess
 import sys
 
@@ -98,6 +99,12 @@ def test_augment_cli_tao3_spec(small_kitti, tmp_path):
     assert first.cls == "person" and first.occlusion == 1 and first.dimensions == (1.5, 0.6, 0.8)
     # Flipped horizontally: the car that was on the left is now on the right.
     assert frames[0].objects[0].box[0] > 80
+    # --strict refuses an input with label problems before writing anything.
+    broken = tmp_path / "broken"
+    shutil.copytree(small_kitti, broken)
+    (broken / "labels" / "005.txt").write_text("car 0 0 0 10 10 5 5 0 0 0 0 0 0 0\n")
+    done = _run("augment", "-a", str(spec), "-d", str(broken), "-o", str(tmp_path / "c"), "--strict")
+    assert done.returncode == 2 and "005.txt:1" in done.stdout and not (tmp_path / "c").exists()
     # Deterministic: same spec and seed, same bytes.
     for sub in ("images/000.png", "labels/003.txt"):
         assert (outputs[0] / sub).read_bytes() == (outputs[1] / sub).read_bytes()

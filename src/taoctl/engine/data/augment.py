@@ -144,15 +144,17 @@ def _write_text(path: Path, text: str) -> None:
 def augment_dataset(image_dir: str | os.PathLike, label_dir: str | os.PathLike, out_image_dir: str | os.PathLike,
                     out_label_dir: str | os.PathLike, plan: AugmentPlan, seed: int = 0,
                     extension: str | None = None, echo: Callable[[str], None] = print,
-                    choices: Mapping[str, Sequence[float]] | None = None) -> AugmentStats:
+                    choices: Mapping[str, Sequence[float]] | None = None, strict: bool = False) -> AugmentStats:
     """Augment every labelled image of a KITTI folder pair into another; returns counts.
 
     ``choices``: plan fields given as lists (TAO 5's ``angle: [10, 30]``): one value per image.
+    ``strict``: any problem in the input labels stops before anything is written.
     """
     import cv2
 
     frames, report = kitti.read_kitti(image_dir, label_dir, extension)
     echo(report.summary())
+    report.fail_if_strict(strict)
     if not frames:
         raise TaoctlError(f"no labelled images in {image_dir}")
     out_image_dir, out_label_dir = Path(out_image_dir), Path(out_label_dir)

@@ -17,7 +17,7 @@ def run(image_dir, label_dir, out_image_dir, out_label_dir, plan, seed, extensio
         if not Path(folder).is_dir():
             raise TaoctlError(f"{name} folder {folder} does not exist")
     stats = augment.augment_dataset(image_dir, label_dir, out_image_dir, out_label_dir, plan, seed, extension,
-                                    echo=echo, choices=choices)
+                                    echo=echo, choices=choices, strict=strict)
     echo(f"Augmented {stats.images} images: {stats.objects_in} objects in, {stats.objects_out} out "
          f"({stats.clipped} touching the image border after clipping, {len(stats.dropped)} dropped)")
     for line in stats.dropped[:20]:
