@@ -251,3 +251,13 @@ def test_kitti_predictions_evaluate_against_labels(tmp_path):
     assert result.ap_by_class() == pytest.approx({"car": 0.5, "cyclist": 1.0})
     _, bad = kitti.read_kitti(tmp_path / "images", tmp_path / "labels", with_score=True)
     assert bad.counts() == {"field_count": 2}
+
+
+def test_chunking_does_not_change_results(monkeypatch):
+    targets, dets = random_dataset(np.random.default_rng(1), 40, 12)
+    whole = dm.evaluate(targets, dets, ["0", "1", "2"], mode="INTEGRATE")
+    monkeypatch.setattr(dm, "_PAIRS_PER_CHUNK", 7)  # a few detections per chunk
+    chunked = dm.evaluate(targets, dets, ["0", "1", "2"], mode="INTEGRATE")
+    assert chunked.ap_by_class() == whole.ap_by_class()
+    for a, b in zip(whole.classes, chunked.classes):
+        np.testing.assert_array_equal(a.precision, b.precision)

@@ -5,8 +5,8 @@ descending confidence; each is compared with the ground-truth box of that class 
 overlaps most; it is a true positive when that IoU >= the class's matching threshold and the box
 is not yet matched, a false positive otherwise, and neither when the box is "difficult" (or
 outside ``evaluation_box_config``'s size range). Because the best-overlapping box does not depend
-on what was matched before, the whole evaluation vectorizes: per image one IoU matrix, then per
-class one sort and "first detection to claim each box wins".
+on what was matched before, the whole evaluation vectorizes: one IoU per (detection, box of the
+same image) pair, then one sort and "first detection to claim each box wins".
 
 AP modes: ``SAMPLE`` (VOC2007 11-point: mean over t in 0, 0.1 … 1 of the maximum precision at
 recall >= t) and ``INTEGRATE`` (VOC2010+: area under the monotone precision envelope).
@@ -172,6 +172,71 @@ def average_precision(precision: np.ndarray, recall: np.ndarray, mode: str = "SA
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
+def _concat_targets(targets: Sequence[ImageTargets]):
+    boxes = [np.asarray(t.boxes, dtype=np.float64).reshape(-1, 4) for t in targets]
+    classes = [np.asarray(t.classes, dtype=np.int64).reshape(-1) for t in targets]
+    ignore = [np.zeros(len(c), bool) if t.difficult is None else np.asarray(t.difficult, dtype=bool).reshape(-1)
+              for t, c in zip(targets, classes)]
+    per_image = np.array([len(c) for c in classes], dtype=np.int64)
+    if not targets:
+        return np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, bool), per_image
+    return np.concatenate(boxes), np.concatenate(classes), np.concatenate(ignore), per_image
+
+
+def _concat_detections(detections: Sequence[ImageDetections]):
+    boxes = [np.asarray(d.boxes, dtype=np.float64).reshape(-1, 4) for d in detections]
+    classes = [np.asarray(d.classes, dtype=np.int64).reshape(-1) for d in detections]
+    scores = [np.asarray(d.scores, dtype=np.float64).reshape(-1) for d in detections]
+    if not detections:
+        return np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+    image = np.repeat(np.arange(len(detections)), [len(c) for c in classes])
+    return np.concatenate(boxes), np.concatenate(classes), np.concatenate(scores), image
+
+
+_PAIRS_PER_CHUNK = 4_000_000  # bounds memory: (detection, box) pairs handled at once
+
+
+def _best_matches(d_boxes, d_cls, d_image, g_boxes, g_cls, g_per_image):
+    """For every detection, the box of its image and class it overlaps most (first on ties) and that IoU.
+
+    Works on all (detection, box-in-the-same-image) pairs at once, in chunks of detections;
+    a detection without a box of its class gets IoU -1 and box 0 (never a hit).
+    """
+    g_start = np.concatenate(([0], np.cumsum(g_per_image)))[:-1]
+    n_pairs = g_per_image[d_image] if len(d_image) else np.zeros(0, np.int64)
+    best_gt = np.zeros(len(d_cls), dtype=np.int64)
+    best_iou = np.full(len(d_cls), -1.0)
+    bounds = np.concatenate(([0], np.cumsum(n_pairs)))
+    first = 0
+    while first < len(d_cls):
+        last = max(int(np.searchsorted(bounds, bounds[first] + _PAIRS_PER_CHUNK, side="right")) - 1, first + 1)
+        counts = n_pairs[first:last]
+        total = int(counts.sum())
+        if total:
+            det = np.repeat(np.arange(first, last), counts)
+            offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+            gt = g_start[d_image[det]] + offsets
+            a, b = d_boxes[det], g_boxes[gt]
+            w = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
+            h = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
+            inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+            union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+            iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+            iou[d_cls[det] != g_cls[gt]] = -1.0  # only boxes of the same class compete
+            # Pairs are grouped by detection: the segment maximum, then its first position.
+            has = counts > 0
+            seg_start = (np.cumsum(counts) - counts)[has]
+            seg_max = np.maximum.reduceat(iou, seg_start)
+            dets_with = np.arange(first, last)[has]
+            at_max = np.nonzero(iou == np.repeat(seg_max, counts[has]))[0]
+            owner = det[at_max]
+            first_of_owner = np.concatenate(([True], owner[1:] != owner[:-1]))
+            best_gt[owner[first_of_owner]] = gt[at_max[first_of_owner]]
+            best_iou[dets_with] = seg_max
+        first = last
+    return best_gt, best_iou
+
+
 def evaluate(targets: Sequence[ImageTargets], detections: Sequence[ImageDetections], class_names: Sequence[str],
              iou_threshold: float | Mapping[str, float] = 0.5, mode: str = "SAMPLE", min_confidence: float = 0.01,
              box_filters: Mapping[str, BoxFilter] | None = None,
@@ -192,47 +257,21 @@ def evaluate(targets: Sequence[ImageTargets], detections: Sequence[ImageDetectio
                            for n in class_names], dtype=np.float64)
     filters = [box_filters.get(n) if box_filters else None for n in class_names]
 
-    det_image, det_class, det_score, det_tp, det_fp = [], [], [], [], []
-    # Per detection: the (image, gt) key it claims, or -1; claims resolve in score order below.
-    det_claim = []
-    gt_counts = np.zeros(num_classes, dtype=np.int64)
-    gt_offset = 0
-    for index, (gt, det) in enumerate(zip(targets, detections)):
-        g_boxes = np.asarray(gt.boxes, dtype=np.float64).reshape(-1, 4)
-        g_cls = np.asarray(gt.classes, dtype=np.int64).reshape(-1)
-        g_ignore = (np.zeros(len(g_cls), bool) if gt.difficult is None
-                    else np.asarray(gt.difficult, dtype=bool).reshape(-1).copy())
-        d_boxes = np.asarray(det.boxes, dtype=np.float64).reshape(-1, 4)
-        d_cls = np.asarray(det.classes, dtype=np.int64).reshape(-1)
-        d_score = np.asarray(det.scores, dtype=np.float64).reshape(-1)
-        keep = d_score >= min_confidence
-        for k, box_filter in enumerate(filters):
-            if box_filter is not None:
-                g_ignore |= (g_cls == k) & ~box_filter.keep(g_boxes)
-                keep &= ~((d_cls == k) & ~box_filter.keep(d_boxes))
-        d_boxes, d_cls, d_score = d_boxes[keep], d_cls[keep], d_score[keep]
-        np.add.at(gt_counts, g_cls[~g_ignore], 1)
-        claim = np.full(len(d_cls), -1, dtype=np.int64)
-        ignored = np.zeros(len(d_cls), dtype=bool)
-        if len(d_cls) and len(g_cls):
-            iou = iou_matrix(d_boxes, g_boxes)
-            iou[d_cls[:, None] != g_cls[None, :]] = -1.0  # only boxes of the same class compete
-            best = iou.argmax(axis=1)
-            best_iou = iou[np.arange(len(d_cls)), best]
-            hit = best_iou >= thresholds[d_cls]
-            ignored = hit & g_ignore[best]
-            claim = np.where(hit & ~ignored, gt_offset + best, -1)
-        gt_offset += len(g_cls)
-        det_image.append(np.full(len(d_cls), index))
-        det_class.append(d_cls)
-        det_score.append(d_score)
-        det_claim.append(claim)
-        det_tp.append(ignored)  # reused below as the "neither TP nor FP" mask
-
-    d_cls = np.concatenate(det_class) if det_class else np.zeros(0, np.int64)
-    d_score = np.concatenate(det_score) if det_score else np.zeros(0)
-    d_claim = np.concatenate(det_claim) if det_claim else np.zeros(0, np.int64)
-    d_ignored = np.concatenate(det_tp) if det_tp else np.zeros(0, bool)
+    g_boxes, g_cls, g_ignore, g_per_image = _concat_targets(targets)
+    d_boxes, d_cls, d_score, d_image = _concat_detections(detections)
+    keep = d_score >= min_confidence
+    for k, box_filter in enumerate(filters):
+        if box_filter is not None:
+            g_ignore |= (g_cls == k) & ~box_filter.keep(g_boxes)
+            keep &= ~((d_cls == k) & ~box_filter.keep(d_boxes))
+    d_boxes, d_cls, d_score, d_image = d_boxes[keep], d_cls[keep], d_score[keep], d_image[keep]
+    gt_counts = np.bincount(g_cls[~g_ignore], minlength=num_classes)
+    # Each detection's best-overlapping box of its class in its image (global index), and that IoU.
+    best_gt, best_iou = _best_matches(d_boxes, d_cls, d_image, g_boxes, g_cls, g_per_image)
+    hit = best_iou >= thresholds[d_cls]
+    # Matched a difficult box: neither TP nor FP.
+    d_ignored = hit & g_ignore[best_gt] if len(g_ignore) else np.zeros(len(hit), dtype=bool)
+    d_claim = np.where(hit & ~d_ignored, best_gt, -1)
 
     # Descending confidence; ties keep input order (image order, then detection order), as a stable sort does.
     order = np.argsort(-d_score, kind="stable")
