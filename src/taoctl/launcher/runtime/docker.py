@@ -255,8 +255,12 @@ def run(task_name: str, subtask: str, args: list[str], mounts: str | None = None
         raise TaoctlError(f"docker could not create the container: {exc.explanation or exc}") from exc
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        # Attached before it starts, so no output is lost and a task that ends at once
+        # cannot leave us attaching to a stopped container.
+        stream = handle.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=False,
+                                   demux=not kwargs["tty"])
         container.start()
-        _stream(handle, container, kwargs["tty"])
+        _stream(stream, kwargs["tty"])
         return int(container.wait()["StatusCode"])
     except KeyboardInterrupt:
         print(f"\ntaoctl: stopping container {container.short_id}", file=sys.stderr, flush=True)
@@ -269,9 +273,8 @@ def run(task_name: str, subtask: str, args: list[str], mounts: str | None = None
         _quiet(container.remove, force=True)
 
 
-def _stream(handle, container, tty: bool) -> None:
+def _stream(stream, tty: bool) -> None:
     """Copies the container's output to ours as it comes, stdout and stderr kept apart."""
-    stream = handle.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True, demux=not tty)
     for chunk in stream:
         out, err = (chunk, None) if tty else chunk
         if out:

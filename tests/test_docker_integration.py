@@ -1,0 +1,313 @@
+"""The docker runtime against a real Docker engine and a real taoctl image.
+
+The module fixture starts dockerd through `.ci/docker.sh up` when it is not running (and
+stops it afterwards only if it started it), builds the base image from Debian's archive
+once (no registry is reachable), and builds taoctl's vision image from this checkout with
+wheels downloaded on the host; Docker's layer cache makes later builds take seconds. The
+launcher runs as a separate, unprivileged host user (when the tests run as root) so that
+"outputs are owned by the host user" means something.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from taoctl.launcher import images
+from taoctl.launcher.runtime import docker as docker_runtime
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_IMAGE = os.environ.get("TAOCTL_BASE_IMAGE", "taoctl-base:bookworm")
+TEST_IMAGE = "taoctl/vision:test"
+WHEELS = Path(os.environ.get("TAOCTL_WHEELS", Path.home() / ".cache" / "taoctl" / "wheels"))
+HOST_UID = 4321  # the "host user" the launcher runs as when the tests run as root
+
+
+def _wheelhouse() -> Path:
+    """Host-side wheels for the image (the host's pip reaches PyPI; a docker build may not)."""
+    reqs = images.requirements(ROOT)
+    key = hashlib.sha256(("\n".join(reqs) + (ROOT / "constraints.txt").read_text()).encode()).hexdigest()
+    stamp = WHEELS / ".taoctl-stamp"
+    if stamp.is_file() and stamp.read_text() == key:
+        return WHEELS
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    req_file = WHEELS / ".requirements.txt"
+    req_file.write_text("\n".join(reqs) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(WHEELS), "-c",
+                    str(ROOT / "constraints.txt"), "-r", str(req_file)], check=True, capture_output=True)
+    stamp.write_text(key)
+    return WHEELS
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    state = tmp_path_factory.mktemp("dockerd") / "state"
+    env = dict(os.environ, TAOCTL_DOCKER_STATE=str(state), TAOCTL_BASE_IMAGE=BASE_IMAGE)
+    up = subprocess.run([str(ROOT / ".ci" / "docker.sh"), "up"], env=env, capture_output=True, text=True)
+    if up.returncode != 0 or not docker_runtime.reachable():
+        reason = (up.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"\nSKIPPED docker tests: dockerd cannot start here: {reason}", file=sys.stderr)
+        pytest.skip(f"dockerd cannot start here: {reason}")
+    started = time.monotonic()
+    build = subprocess.run([sys.executable, "-m", "taoctl.launcher.cli", "images", "build", "vision",
+                            "--base", BASE_IMAGE, "--tag", TEST_IMAGE, "--wheels", str(_wheelhouse())],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    print(f"\n{TEST_IMAGE} ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    yield
+    subprocess.run([str(ROOT / ".ci" / "docker.sh"), "down"], env=env, check=False)
+
+
+def _world_reachable(path: str) -> bool:
+    parts = Path(path).parents
+    return all(os.stat(p).st_mode & 0o001 for p in parts) and os.stat(path).st_mode & 0o001
+
+
+def _python_for(uid: int) -> tuple[list[str], dict] | None:
+    """A Python the unprivileged test user can execute, with this venv's packages."""
+    if _world_reachable(os.path.realpath(sys.executable)):
+        return [sys.executable], {}
+    # e.g. a pyenv Python under root's home: the system Python of the same version instead.
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if os.path.exists(system) and _world_reachable(os.path.realpath(system)):
+        import site
+
+        return [system], {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *site.getsitepackages()])}
+    return None
+
+
+@pytest.fixture
+def user(engine):
+    """A host user for the launcher: its home, its config (the test image) and its runner."""
+    as_other = os.getuid() == 0 and _python_for(HOST_UID) is not None
+    python, extra_env = _python_for(HOST_UID) if as_other else ([sys.executable], {})
+    # Not pytest's tmp_path: its parent is private to the user running the tests.
+    tmp = Path(tempfile.mkdtemp(prefix="taoctl-docker-test-"))
+    tmp.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("LAUNCHER_MOUNTS", "TAOCTL_RUNTIME")}
+    env.update(extra_env, HOME=str(tmp / "home"), TAOCTL_HOME=str(tmp / "home" / ".taoctl"),
+               USER="tester", LOGNAME="tester")
+
+    def demote():
+        os.setgroups([grp.getgrnam("docker").gr_gid] if _has_group("docker") else [])
+        os.setgid(HOST_UID)
+        os.setuid(HOST_UID)
+
+    def start(*args, **kwargs):
+        return subprocess.Popen([*python, "-m", "taoctl.launcher.cli", *args], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=demote if as_other else None, cwd=kwargs.get("cwd", tmp))
+
+    def run(*args, timeout=300, **kwargs):
+        proc = start(*args, **kwargs)
+        out, err = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def make_dir(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        if as_other:
+            os.chown(path, HOST_UID, HOST_UID)
+        return path
+
+    class User:
+        uid = HOST_UID if as_other else os.getuid()
+
+    user = User()
+    user.start, user.run, user.mkdir, user.tmp = start, run, make_dir, tmp
+    config = make_dir(make_dir(tmp / "home") / ".taoctl") / "config.json"
+    config.write_text(json.dumps({"images": {"vision": TEST_IMAGE}}))
+    yield user
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _has_group(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def mounts_file(path: Path, mounts: dict[str, str], **extra) -> Path:
+    data = {"Mounts": [{"source": s, "destination": d} for s, d in mounts.items()], **extra}
+    path.write_text(json.dumps(data))
+    path.chmod(0o644)
+    return path
+
+
+def test_dataset_convert_through_a_mounts_file(user):
+    """A real subtask: KITTI -> TFRecords with host paths on the command line, outputs the user's."""
+    project = user.mkdir(user.tmp / "project")
+    data = project / "data"
+    subprocess.run([sys.executable, "-m", "taoctl.engine.data.samples", "--out", str(data)], check=True,
+                   capture_output=True)
+    specs = user.mkdir(project / "specs")
+    # Paths inside a spec are read in the container, as in TAO: they are container paths.
+    (specs / "convert.txt").write_text(
+        'kitti_config { root_directory_path: "/workspace/tao-experiments/data/kitti" image_dir_name: "images" '
+        'label_dir_name: "labels" image_extension: ".png" partition_mode: "random" num_partitions: 2 '
+        'val_split: 20 num_shards: 2 }\nimage_directory_path: "/workspace/tao-experiments/data/kitti"\n')
+    mounts = mounts_file(user.tmp / "mounts.json", {str(project): "/workspace/tao-experiments"})
+    result = user.run("--runtime", "docker", "detectnet_v2", "dataset_convert", "--mounts", str(mounts),
+                      "-d", str(specs / "convert.txt"), "-o", str(project / "tfrecords" / "train"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0] == f"taoctl: runtime docker, image {TEST_IMAGE}, mounts {mounts}"
+    assert "Wrote 4 TFRecord shard(s): /workspace/tao-experiments/tfrecords/train-fold-000" in result.stdout
+    shards = sorted((project / "tfrecords").glob("train-fold-*"))
+    assert (project / "tfrecords" / "validation_report.json").is_file()
+    assert [p.name for p in shards][:2] == ["train-fold-000-of-002-shard-00000-of-00002",
+                                            "train-fold-000-of-002-shard-00001-of-00002"]
+    assert len(shards) == 4 and all(p.stat().st_size > 1000 for p in shards)
+    assert {p.stat().st_uid for p in [project / "tfrecords", *shards]} == {user.uid}
+
+
+def test_paths_spaces_and_quotes_survive(user):
+    work = user.mkdir(user.tmp / "my work")
+    (work / "it's here.txt").write_text("hello from the host\n")
+    mounts = mounts_file(user.tmp / "mounts.json", {str(work): "/w"})
+    result = user.run("--runtime", "docker", "classification", "run", "--mounts", str(mounts), "python3", "-c",
+                      "import sys, pathlib; print(sys.argv[1:]); print(pathlib.Path(sys.argv[1]).read_text())",
+                      str(work / "it's here.txt"), 'a "quoted" arg', "/etc/hostname")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == str(["/w/it's here.txt", 'a "quoted" arg', "/etc/hostname"])
+    assert "hello from the host" in result.stdout
+
+
+def test_outside_every_mount_is_refused_or_auto_mounted(user):
+    inside = user.mkdir(user.tmp / "inside")
+    outside = user.mkdir(user.tmp / "outside")
+    (outside / "spec.txt").write_text("x")
+    mounts = mounts_file(user.tmp / "mounts.json", {str(inside): "/in"})
+    refused = user.run("--runtime", "docker", "detectnet_v2", "dataset_convert", "--mounts", str(mounts),
+                       "-d", str(outside / "spec.txt"), "-o", str(inside / "out"))
+    assert refused.returncode == 2
+    assert f"path {outside / 'spec.txt'} is outside every mount" in refused.stderr
+    assert f"{inside} -> /in" in refused.stderr
+    auto = user.run("--runtime", "docker", "classification", "run", "--mounts", str(mounts), "--auto-mount",
+                    "cat", str(outside / "spec.txt"))
+    # `run` leaves paths outside the mounts alone; the subtask form mounts them with --auto-mount.
+    assert auto.returncode == 1 and "No such file" in auto.stderr
+    converted = user.run("--runtime", "docker", "detectnet_v2", "dataset_convert", "--mounts", str(mounts),
+                         "--auto-mount", "-d", str(outside / "spec.txt"), "-o", str(inside / "out"))
+    assert f"--auto-mount: {outside} mounted at the same path" in converted.stderr
+    # The spec is nonsense: the task itself, in the container, read it from the host path.
+    assert converted.returncode == 2 and str(outside / "spec.txt") in converted.stderr
+
+
+def test_exit_status_of_the_task_is_the_launchers(user):
+    mounts = mounts_file(user.tmp / "mounts.json", {str(user.tmp): "/t"})
+    failing = user.run("--runtime", "docker", "classification", "run", "--mounts", str(mounts),
+                       "python3", "-c", "import sys; print('bye', file=sys.stderr); sys.exit(7)")
+    assert failing.returncode == 7 and "bye" in failing.stderr
+    missing_spec = user.run("--runtime", "docker", "detectnet_v2", "dataset_convert", "--mounts", str(mounts),
+                            "-d", "/t/nope.txt", "-o", "/t/out")
+    assert missing_spec.returncode == 2
+    assert missing_spec.stderr.strip().splitlines()[-1].startswith("taoctl: ")
+    assert "/t/nope.txt" in missing_spec.stderr
+
+
+def _containers(user) -> list[list[str]]:
+    listing = user.run("list")
+    assert listing.returncode == 0, listing.stderr
+    return [line.split() for line in listing.stdout.splitlines()[1:]]
+
+
+def _wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+def test_list_shows_a_running_container_and_stop_ends_it(user):
+    mounts = mounts_file(user.tmp / "mounts.json", {str(user.tmp): "/t"})
+    job = user.start("--runtime", "docker", "classification", "run", "--mounts", str(mounts), "sleep", "120")
+    try:
+        row = _wait_for(lambda: next((r for r in _containers(user) if r[1:4] == ["classification", "run",
+                                                                                  "running"]), None))
+        stopped = user.run("stop", "--container_id", row[0])
+        assert stopped.returncode == 0 and f"stopped {row[0]}" in stopped.stdout
+        assert job.wait(timeout=30) != 0
+        _wait_for(lambda: not any(r[0] == row[0] for r in _containers(user)))
+    finally:
+        job.kill()
+
+
+def test_ctrl_c_stops_and_removes_the_container(user):
+    mounts = mounts_file(user.tmp / "mounts.json", {str(user.tmp): "/t"})
+    job = user.start("--runtime", "docker", "classification", "run", "--mounts", str(mounts),
+                     "python3", "-c", "import time; print('started', flush=True); time.sleep(120)")
+    try:
+        assert job.stdout.readline().strip() == "started"  # output streams live
+        job.send_signal(signal.SIGINT)
+        assert job.wait(timeout=30) == 130
+        assert _containers(user) == []
+    finally:
+        job.kill()
+
+
+def test_two_runs_with_different_mounts_files_at_once(user):
+    jobs = []
+    for name in ("alpha", "beta"):
+        folder = user.mkdir(user.tmp / name)
+        (folder / "id.txt").write_text(name)
+        mounts = mounts_file(user.tmp / f"{name}.json", {str(folder): "/workspace/data"})
+        jobs.append(user.start("--runtime", "docker", "classification", "run", "--mounts", str(mounts),
+                               "sh", "-c", "cat /workspace/data/id.txt; sleep 3; echo; cat /workspace/data/id.txt"))
+    _wait_for(lambda: len([r for r in _containers(user) if r[3] == "running"]) == 2, timeout=30)
+    outputs = [job.communicate(timeout=60)[0].split() for job in jobs]
+    assert outputs == [["alpha", "alpha"], ["beta", "beta"]]
+    assert [job.returncode for job in jobs] == [0, 0]
+
+
+def test_mounts_file_errors_stop_before_any_container(user):
+    source = str(user.tmp)
+    cases = {
+        "missing_source": ({"Mounts": [{"source": "/no/such", "destination": "/x"}]},
+                           'Mounts[0]: source "/no/such" does not exist'),
+        "unknown_option": ({"Mounts": [], "DockerOptions": {"runtime": "nvidia"}},
+                           'DockerOptions: unknown key "runtime"; allowed: user, ports'),
+        "no_mounts": ({"Envs": []}, '"Mounts" is required'),
+        "bad_env": ({"Mounts": [{"source": source, "destination": "/x"}], "Envs": [{"variable": "A"}]},
+                    'Envs[0]: "value" is required'),
+    }
+    for name, (data, expected) in cases.items():
+        path = user.tmp / f"{name}.json"
+        path.write_text(json.dumps(data))
+        result = user.run("--runtime", "docker", "classification", "run", "--mounts", str(path), "true")
+        assert result.returncode == 2, name
+        assert result.stderr.strip() == f"taoctl: {path}: {expected}" or (
+            result.stderr.startswith(f"taoctl: {path}: ") and expected in result.stderr), result.stderr
+    assert _containers(user) == []
+
+
+def test_envs_user_option_and_missing_image(user):
+    mounts = mounts_file(user.tmp / "mounts.json", {str(user.tmp): "/t"},
+                         Envs=[{"variable": "GREETING", "value": "hi there"}],
+                         DockerOptions={"user": "1234:5678", "shm_size": "256M"})
+    result = user.run("--runtime", "docker", "classification", "run", "--mounts", str(mounts),
+                      "sh", "-c", 'echo "$GREETING $(id -u):$(id -g)"; df -m /dev/shm | tail -1')
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "hi there 1234:5678" and lines[1].split()[1] == "256"
+    missing = user.run("--runtime", "docker", "classification", "run", "--mounts", str(mounts),
+                       "--image", "taoctl/vision:absent", "true")
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == ("taoctl: image taoctl/vision:absent for classification is not built; "
+                                      "build it with `taoctl images build vision --tag taoctl/vision:absent`")
