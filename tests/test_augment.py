@@ -149,3 +149,34 @@ def test_bccd_augmented_converts_without_warnings(tmp_path):
     done = _run("detectnet_v2", "dataset_convert", "-d", str(convert), "-o", str(tmp_path / "tf" / "aug"), "--strict")
     assert done.returncode == 0, done.stderr
     assert "no label problems found" in done.stdout and done.stderr == ""
+
+
+def test_directions_and_colour_follow_tao():
+    # A bright point right of the centre: +90 degrees (TAO: clockwise) takes it below the centre.
+    image = np.zeros((101, 101, 3), np.uint8)
+    image[48:53, 85:90] = 255
+    out, _ = augment.augment_frame(image, [], augment.AugmentPlan(rotation_degrees=90), seed=0)
+    ys, xs = np.nonzero(out[..., 0] > 127)
+    assert abs(xs.mean() - 50) < 3 and ys.mean() > 80
+    # shear_ratio_x moves lower rows right: x' = x + ratio * (y - cy).
+    image = np.zeros((101, 101, 3), np.uint8)
+    image[88:93, 48:53] = 255
+    out, _ = augment.augment_frame(image, [], augment.AugmentPlan(shear_ratio_x=0.2), seed=0)
+    ys, xs = np.nonzero(out[..., 0] > 127)
+    assert xs.mean() == pytest.approx(50 + 0.2 * 40, abs=1.5)
+    # Contrast and brightness: (in + offset - center) * (1 + contrast) + center.
+    flat = np.full((4, 4, 3), 100, np.uint8)
+    out, _ = augment.augment_frame(flat, [], augment.AugmentPlan(contrast=0.5, contrast_center=127.5,
+                                                                 brightness_offset=10), seed=0)
+    assert int(out[0, 0, 0]) == round((100 + 10 - 127.5) * 1.5 + 127.5)
+
+
+def test_list_values_are_picked_as_tao_does():
+    rng = np.random.default_rng(0)
+    plan = augment.AugmentPlan()
+    ranged = [plan.draw({"rotation_degrees": [10, 30]}, rng).rotation_degrees for _ in range(200)]
+    assert 10 <= min(ranged) < 12 and 28 < max(ranged) <= 30 and len(set(ranged)) > 150  # a uniform range
+    picked = {plan.draw({"rotation_degrees": [0, 90, 180]}, rng).rotation_degrees for _ in range(100)}
+    assert picked == {0.0, 90.0, 180.0}
+    assert plan.draw({"translate_x": [5]}, rng).translate_x == 5
+    assert isinstance(plan.draw({"translate_x": [0, 7]}, rng).translate_x, int)

@@ -3,10 +3,13 @@
 Geometry goes through albumentations (``Affine`` for rotation, shear and translation, flips,
 ``Resize``) with its bounding-box machinery: each box's corners are transformed and the box is
 re-fitted around them, then clipped to the image; a box that keeps less than ``min_visibility``
-of its area, or less than a pixel of width or height, is dropped and counted. Colour follows
-TAO's definitions: hue rotation in degrees, saturation as a factor, contrast about a centre,
-brightness as an offset, then a Gaussian blur. Every random choice comes from one seeded
-generator, so a seed reproduces the dataset.
+of its area, or less than a pixel of width or height, is dropped and counted. Values follow
+TAO 5's augmentation pipeline (nvidia_tao_ds, DALI): a positive angle turns the image clockwise,
+``shear_ratio_x`` moves lower rows right, hue rotates by minus the angle in degrees, saturation
+is a factor, and contrast and brightness give ``(in + offset - center) * (1 + contrast) + center``;
+then a Gaussian blur. A list of values (TAO 5) is picked from as TAO does: two values are a
+uniform range, more are choices. Every random choice comes from one seeded generator, so a seed
+reproduces the dataset.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class AugmentPlan:
     translate_y: int = 0
     hue_rotation_degrees: float = 0.0
     saturation_factor: float = 1.0
-    contrast: float = 0.0  # out = (in - center) * (1 + contrast) + center
+    contrast: float = 0.0  # out = (in + brightness_offset - center) * (1 + contrast) + center
     contrast_center: float = 127.5
     brightness_offset: float = 0.0
     blur_std: float = 0.0
@@ -45,9 +48,23 @@ class AugmentPlan:
     min_visibility: float = 0.25
 
     def draw(self, choices: Mapping[str, Sequence[float]], rng: np.random.Generator) -> AugmentPlan:
-        """This plan with each field named in ``choices`` set to one of its values, drawn uniformly."""
-        drawn = {name: type(getattr(self, name))(values[int(rng.integers(len(values)))])
-                 for name, values in choices.items() if len(values)}
+        """This plan with each field named in ``choices`` picked from its values as TAO 5 does.
+
+        One value: that value; two: uniform between them; more: one of them; none: unchanged.
+        """
+        drawn = {}
+        for name, values in choices.items():
+            values = list(values)
+            if len(values) == 1:
+                value = values[0]
+            elif len(values) == 2:
+                value = rng.uniform(min(values), max(values))
+            elif values:
+                value = values[int(rng.integers(len(values)))]
+            else:
+                continue
+            kind = type(getattr(self, name))
+            drawn[name] = int(round(value)) if kind is int else kind(value)
         return dataclasses.replace(self, **drawn)
 
 
@@ -67,9 +84,9 @@ def _pipeline(plan: AugmentPlan, width: int, height: int, seed: int):
     ops = []
     angle = plan.rotation_degrees
     if angle or plan.shear_ratio_x or plan.shear_ratio_y or plan.translate_x or plan.translate_y:
-        ops.append(A.Affine(rotate=(angle, angle),
-                            shear={"x": (np.degrees(np.arctan(plan.shear_ratio_x)),) * 2,
-                                   "y": (np.degrees(np.arctan(plan.shear_ratio_y)),) * 2},
+        # albumentations turns counter-clockwise and shears the other way round from TAO: negate.
+        shear_x, shear_y = (-float(np.degrees(np.arctan(r))) for r in (plan.shear_ratio_x, plan.shear_ratio_y))
+        ops.append(A.Affine(rotate=(-angle, -angle), shear={"x": (shear_x, shear_x), "y": (shear_y, shear_y)},
                             translate_px={"x": (plan.translate_x,) * 2, "y": (plan.translate_y,) * 2},
                             rotate_method="largest_box", border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0))
     if plan.flip_horizontal:
@@ -77,8 +94,8 @@ def _pipeline(plan: AugmentPlan, width: int, height: int, seed: int):
     if plan.flip_vertical:
         ops.append(A.VerticalFlip(p=1.0))
     if plan.hue_rotation_degrees:
-        # OpenCV's 8-bit hue runs 0..180, so albumentations shifts in half-degrees.
-        half = plan.hue_rotation_degrees / 2.0
+        # TAO shifts hue by minus the angle; OpenCV's 8-bit hue runs 0..180 (half-degrees).
+        half = -plan.hue_rotation_degrees / 2.0
         ops.append(A.HueSaturationValue(hue_shift_limit=(half, half), sat_shift_limit=0, val_shift_limit=0, p=1.0))
     if plan.saturation_factor != 1.0:
         ops.append(A.ColorJitter(brightness=0, contrast=0, hue=0,
@@ -88,6 +105,8 @@ def _pipeline(plan: AugmentPlan, width: int, height: int, seed: int):
         ops.append(A.GaussianBlur(blur_limit=(size, size), sigma_limit=(plan.blur_std, plan.blur_std), p=1.0))
     if plan.output_width and plan.output_height and (plan.output_width, plan.output_height) != (width, height):
         ops.append(A.Resize(height=plan.output_height, width=plan.output_width, p=1.0))
+    if not ops:
+        return None
     return A.Compose(ops, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["index"], clip=True,
                                                    min_visibility=plan.min_visibility, min_width=1, min_height=1),
                      seed=seed)
@@ -96,16 +115,19 @@ def _pipeline(plan: AugmentPlan, width: int, height: int, seed: int):
 def _contrast_brightness(image: np.ndarray, plan: AugmentPlan) -> np.ndarray:
     if not plan.contrast and not plan.brightness_offset:
         return image
-    out = (image.astype(np.float32) - plan.contrast_center) * (1.0 + plan.contrast) + plan.contrast_center
-    return np.clip(out + plan.brightness_offset, 0, 255).astype(np.uint8)
+    out = (image.astype(np.float32) + plan.brightness_offset - plan.contrast_center) * (1.0 + plan.contrast)
+    return np.clip(np.rint(out + plan.contrast_center), 0, 255).astype(np.uint8)
 
 
 def augment_frame(image: np.ndarray, objects: list[kitti.KittiObject], plan: AugmentPlan, seed: int, stats: AugmentStats | None = None, where: str = "") -> tuple[np.ndarray, list]:
     """One image (H, W, 3 uint8 RGB) and its objects, transformed; boxes re-fitted, clipped or dropped."""
     height, width = image.shape[:2]
     pipeline = _pipeline(plan, width, height, seed)
-    result = pipeline(image=image, bboxes=np.array([o.box for o in objects], dtype=np.float32).reshape(-1, 4),
-                      index=list(range(len(objects))))
+    boxes = np.array([o.box for o in objects], dtype=np.float32).reshape(-1, 4)
+    if pipeline is None:  # colour only: nothing moves
+        result = {"image": image, "bboxes": boxes, "index": list(range(len(objects)))}
+    else:
+        result = pipeline(image=image, bboxes=boxes, index=list(range(len(objects))))
     out_image = _contrast_brightness(result["image"], plan)
     out_h, out_w = out_image.shape[:2]
     out_objects = []
