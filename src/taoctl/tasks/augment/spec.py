@@ -1,7 +1,8 @@
 """Offline augmentation specs: TAO 3.x ``augment -a`` (protobuf text) and TAO 5 ``dataset augmentation -e`` (YAML).
 
 Torch-free; the launcher imports it. The YAML schema follows TAO 5 data services: a numeric
-augmentation value is a number or a list, and each augmented image uses one value drawn from the list.
+augmentation value is a number or a list; per image, a two-value list is a uniform range and a
+longer one a set of choices, as TAO picks them.
 """
 
 from __future__ import annotations
