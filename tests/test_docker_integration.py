@@ -311,3 +311,14 @@ def test_envs_user_option_and_missing_image(user):
     assert missing.returncode == 2
     assert missing.stderr.strip() == ("taoctl: image taoctl/vision:absent for classification is not built; "
                                       "build it with `taoctl images build vision --tag taoctl/vision:absent`")
+
+
+def test_local_runs_say_so_when_a_mounts_file_and_docker_are_present(user):
+    mounts_file(user.tmp / "home" / ".tao_mounts.json", {str(user.tmp): "/t"})
+    result = user.run("classification", "run", "echo", "on the host")
+    assert result.returncode == 0 and result.stdout == "on the host\n"
+    assert result.stderr.splitlines()[0].startswith("taoctl: runtime local (a mounts file and Docker are present")
+    in_docker = user.run("--runtime", "docker", "classification", "run", "echo", "in the container")
+    assert in_docker.returncode == 0 and in_docker.stdout == "in the container\n"
+    assert in_docker.stderr.splitlines()[0] == (f"taoctl: runtime docker, image {TEST_IMAGE}, "
+                                                f"mounts {user.tmp / 'home' / '.tao_mounts.json'}")

@@ -224,3 +224,32 @@ def test_docker_flags_with_local_runtime_are_an_error():
     result = taoctl("--runtime", "local", "classification", "run", "true", "--mounts", "x.json")
     assert result.returncode == 2
     assert "apply to the docker runtime" in result.stderr
+
+
+def test_container_spec_without_docker(project, monkeypatch):
+    config = mounts.parse(dict(TAO_EXAMPLE, Mounts=[{"source": str(project / "project"), "destination": "/exp"}]),
+                          str(project / "m.json"))
+    task = registry.get_task("classification")
+    monkeypatch.chdir(project / "project")
+    kwargs, notices = docker_runtime.container_spec(
+        task, "train", ["-e", "specs/train.txt", "-r", "out", "--gpus", "2", "--gpu_index", "1", "3"], config,
+        gpu_count=4)
+    assert kwargs["command"] == ["python", "-m", "taoctl.launcher.entrypoint", "classification", "train",
+                                 "-e", "/exp/specs/train.txt", "-r", "/exp/out", "--gpus", "2", "--gpu_index", "0", "1"]
+    assert kwargs["device_requests"][0]["DeviceIDs"] == ["1", "3"]
+    assert kwargs["user"] == "1001:1001" and kwargs["network_mode"] == "host" and kwargs["shm_size"] == "16G"
+    assert kwargs["environment"] == {"HOME": "/tmp", "CUDA_VISIBLE_DEVICES": "0", "N": "3"}
+    assert [(u["Name"], u["Soft"], u["Hard"]) for u in kwargs["ulimits"]] == [("memlock", -1, -1),
+                                                                               ("stack", 67108864, 67108864)]
+    assert kwargs["mounts"] == [{"Target": "/exp", "Source": str(project / "project"), "Type": "bind",
+                                 "ReadOnly": False}]
+    assert kwargs["working_dir"] == "/exp" and kwargs["tty"] is True
+    assert kwargs["labels"]["taoctl.results_dir"] == str(project / "project" / "out")
+    assert kwargs["labels"]["taoctl.uid"] == str(os.getuid()) and notices == []
+
+    # No user in DockerOptions: the host user's uid:gid. No GPU on the host: a notice, no request.
+    plain = mounts.parse({"Mounts": [{"source": str(project), "destination": "/p"}]}, "m.json")
+    kwargs, notices = docker_runtime.container_spec(task, "train", ["-e", "/p/x", "--gpus", "2"], plain)
+    assert kwargs["user"] == f"{os.getuid()}:{os.getgid()}" and "device_requests" not in kwargs
+    assert kwargs["command"][-2:] == ["--gpus", "2"]
+    assert notices == ["no GPU on this host; the task runs on CPU"]

@@ -196,32 +196,23 @@ def _interrupt(signum, _frame):
     raise KeyboardInterrupt(signum)
 
 
-def run(task_name: str, subtask: str, args: list[str], mounts: str | None = None,
-        image: str | None = None, auto_mount: bool = False) -> int:
-    """Runs ``taoctl <task> <subtask> args`` (or ``run <cmd>``) in a container; returns its status."""
-    import docker
+def container_spec(task: registry.Task, subtask: str, args: list[str], config: mounts_mod.MountsConfig,
+                   auto_mount: bool = False, gpu_count: int = 0) -> tuple[dict, list[str]]:
+    """The ``containers.create`` arguments for one run, and the notices to print first."""
     from docker.types import DeviceRequest, Mount, Ulimit
 
-    task = registry.get_task(task_name)
-    config = mounts_mod.load(mounts_mod.find_file(mounts))
-    image = images.image_for(task, image)
-    handle = client()
-    if not image_exists(handle, image):
-        raise TaoctlError(f"image {image} for {task.name} is not built; build it with "
-                          f"`{images.build_command(task.group, image)}`")
-
     is_run = subtask == "run"
-    gpu_ids, task_args = (None, list(args)) if is_run else gpu_devices(list(args), host_gpu_count())
+    gpu_ids, task_args = (None, list(args)) if is_run else gpu_devices(list(args), gpu_count)
     translator = mounts_mod.Translator(config.mounts, config.path, auto_mount=auto_mount)
     task_args = translator.translate_args(task_args, strict=not is_run)
     command = task_args if is_run else ["python", "-m", "taoctl.launcher.entrypoint", task.name, subtask,
                                         *task_args]
     options = config.docker_options
-    environment = {"HOME": "/tmp", **config.envs}
     kwargs = dict(
         command=command, detach=True, init=True, stop_signal="SIGINT",
         user=options.get("user") or f"{os.getuid()}:{os.getgid()}",
-        environment=environment,
+        # HOME: the host user has no home in the image; caches (matplotlib, torch) go to /tmp.
+        environment={"HOME": "/tmp", **config.envs},
         mounts=[Mount(m.destination, m.source, type="bind") for m in translator.mounts + translator.added],
         labels={LABEL: __version__, "taoctl.task": task.name, "taoctl.subtask": subtask,
                 "taoctl.user": getpass.getuser(), "taoctl.uid": str(os.getuid()),
@@ -241,13 +232,29 @@ def run(task_name: str, subtask: str, args: list[str], mounts: str | None = None
         kwargs["ulimits"] = [Ulimit(name=k, soft=v, hard=v) for k, v in options["ulimits"].items()]
     if gpu_ids:
         kwargs["device_requests"] = [DeviceRequest(device_ids=gpu_ids, capabilities=[["gpu"]])]
-
-    where = f", mounts {config.path}" if config.path else ""
-    print(f"taoctl: runtime docker, image {image}{where}", file=sys.stderr, flush=True)
+    notices = []
     if not is_run and gpu_ids is None:
-        print("taoctl: no GPU on this host; the task runs on CPU", file=sys.stderr, flush=True)
-    for mount in translator.added:
-        print(f"taoctl: --auto-mount: {mount.source} mounted at the same path", file=sys.stderr, flush=True)
+        notices.append("no GPU on this host; the task runs on CPU")
+    notices += [f"--auto-mount: {m.source} mounted at the same path" for m in translator.added]
+    return kwargs, notices
+
+
+def run(task_name: str, subtask: str, args: list[str], mounts: str | None = None,
+        image: str | None = None, auto_mount: bool = False) -> int:
+    """Runs ``taoctl <task> <subtask> args`` (or ``run <cmd>``) in a container; returns its status."""
+    import docker
+
+    task = registry.get_task(task_name)
+    config = mounts_mod.load(mounts_mod.find_file(mounts))
+    kwargs, notices = container_spec(task, subtask, args, config, auto_mount, host_gpu_count())
+    image = images.image_for(task, image)
+    handle = client()
+    if not image_exists(handle, image):
+        raise TaoctlError(f"image {image} for {task.name} is not built; build it with "
+                          f"`{images.build_command(task.group, image)}`")
+    where = f", mounts {config.path}" if config.path else ""
+    for line in [f"runtime docker, image {image}{where}", *notices]:
+        print(f"taoctl: {line}", file=sys.stderr, flush=True)
 
     try:
         container = handle.containers.create(image, **kwargs)
