@@ -1,0 +1,137 @@
+"""The export subtask's work: .tlt -> ONNX (fp32/fp16/int8), TensorRT cache/engine, DeepStream config."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from taoctl.engine import export
+from taoctl.engine.data import imagefolder
+from taoctl.errors import TaoctlError
+from taoctl.tasks.classification import common
+
+
+def _image_paths(model_manifest: dict, cal_image_dir: str | None, experiment) -> list[str]:
+    """Real images for calibration and the PyTorch/ONNX check: --cal_image_dir, else the spec's data."""
+    candidates = [cal_image_dir] if cal_image_dir else []
+    if experiment is not None:
+        candidates += [experiment.train_config.val_dataset_path, experiment.eval_config.eval_dataset_path,
+                       experiment.train_config.train_dataset_path]
+    for folder in candidates:
+        if folder and Path(folder).is_dir():
+            files = sorted(str(p) for p in Path(folder).rglob("*")
+                           if p.is_file() and p.suffix.lower() in imagefolder.IMAGE_EXTENSIONS)
+            if files:
+                return files
+        elif folder and folder == cal_image_dir:
+            raise TaoctlError(f"--cal_image_dir {folder}: not a folder")
+    return []
+
+
+def _load_batch(paths, shape, interp, mode, strict) -> tuple[np.ndarray, list[str]]:
+    arrays, skipped = [], []
+    for path in paths:
+        try:
+            arrays.append(imagefolder.load_image(path, shape[1:], shape[0], mode, interp).transpose(2, 0, 1))
+        except TaoctlError as exc:
+            if strict:
+                raise
+            skipped.append(str(exc))
+    return (np.stack(arrays) if arrays else np.zeros((0, *shape), np.uint8)), skipped
+
+
+def run_export(model_path, output_file, key, experiment_spec, data_type, cal_image_dir, cal_data_file, cal_cache_file,
+               batches, batch_size, max_batch_size, engine_file, gen_ds_config, classmap_json, target_opset,
+               cal_method, strict) -> Path:
+    experiment = None
+    if experiment_spec:
+        from taoctl.tasks.classification import spec as spec_module
+
+        experiment = spec_module.load(experiment_spec)
+    model, manifest = common.load_classifier(model_path, key)
+    shape = tuple(manifest["input_shape"])
+    pre = manifest.get("preprocess", {})
+    normalizer = imagefolder.Normalizer(pre.get("mode", "caffe"), shape[0], pre.get("image_mean") or None)
+    interp = manifest.get("interpolation", "BILINEAR")
+    classes = common.read_classmap(classmap_json) if classmap_json else common.classes_of(manifest)
+    if len(classes) != len(manifest["class_map"]):
+        raise TaoctlError(f"--classmap_json {classmap_json} has {len(classes)} classes, the model "
+                          f"{len(manifest['class_map'])}")
+    output = Path(output_file) if output_file else Path(model_path).with_suffix(".onnx")
+    if output.suffix.lower() != ".onnx":
+        raise TaoctlError(f"-o {output}: taoctl exports ONNX; name the output *.onnx")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    center = bool(experiment.eval_config.enable_center_crop) if experiment is not None else True
+    mode = "center" if center else "resize"
+    paths = _image_paths(manifest, cal_image_dir, experiment)
+    check_images, skipped = _load_batch(paths[:16], shape, interp, mode, strict)
+    if len(check_images):
+        sample = torch.from_numpy(normalizer.numpy(check_images))
+        what = f"{len(check_images)} real images"
+    else:
+        print("Warning: no images found (pass -e or --cal_image_dir) to check the export on; using random input",
+              flush=True)
+        sample, what = torch.randn(4, *shape), "random input"
+
+    with tempfile.TemporaryDirectory(dir=output.parent) as work:
+        fp32 = output if data_type == "fp32" else Path(work) / "fp32.onnx"
+        diff = export.export_onnx(model, fp32, shape, sample, opset=target_opset)
+        print(f"ONNX fp32 vs PyTorch on {what}: max abs diff {diff:.3g}", flush=True)
+        if diff > 1e-3:
+            raise TaoctlError(f"exported ONNX differs from PyTorch by {diff:.3g} (over 1e-3); not writing {output}")
+        cache = None
+        if data_type == "fp16":
+            export.convert_fp16(fp32, output)
+            diff16 = float(np.abs(export.run_onnx(output, sample.numpy()) - export.run_onnx(fp32, sample.numpy())).max())
+            print(f"ONNX fp16 vs fp32: max abs diff {diff16:.3g}", flush=True)
+        elif data_type == "int8":
+            count = max(1, batches) * max(1, batch_size)
+            if not paths:
+                raise TaoctlError("INT8 calibration needs images: pass --cal_image_dir or -e with dataset paths")
+            rng = np.random.default_rng(0)
+            chosen = [paths[i] for i in sorted(rng.permutation(len(paths))[:count])]
+            images, bad = _load_batch(chosen, shape, interp, mode, strict)
+            skipped += bad
+            if cal_data_file:
+                np.save(cal_data_file, images)
+                print(f"Wrote calibration images to {cal_data_file}", flush=True)
+            cal_batches = [normalizer.numpy(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+            cache = Path(cal_cache_file) if cal_cache_file else output.with_suffix(".cal.bin")
+            export.quantize_int8(fp32, output, cal_batches, cache_path=cache, method=cal_method,
+                                 progress=lambda m: print(m, flush=True))
+            agree = (export.run_onnx(output, sample.numpy()).argmax(1)
+                     == export.run_onnx(fp32, sample.numpy()).argmax(1)).mean()
+            print(f"ONNX int8 vs fp32 on {what}: top-1 agreement {agree * 100:.1f} %", flush=True)
+            print(f"Wrote TensorRT calibration cache {cache}", flush=True)
+    for why in skipped:
+        print(f"Warning: skipped {why}", flush=True)
+    print(f"Exported {data_type} ONNX model to {output}", flush=True)
+    classmap_path = output.with_name("classmap.json")
+    mapping = {name: i for i, name in enumerate(classes)}
+    if not classmap_path.exists() or json.loads(classmap_path.read_text() or "{}") != mapping:
+        if classmap_path.exists():
+            classmap_path = output.with_suffix(".classmap.json")
+        common.write_json(classmap_path, mapping)
+    built = False
+    if engine_file:
+        try:
+            export.build_tensorrt_engine(output, engine_file, data_type, max_batch_size, shape, cache)
+            built = True
+            print(f"Wrote TensorRT engine {engine_file}", flush=True)
+        except TaoctlError as exc:
+            print(f"Warning: {exc}", flush=True)
+    if gen_ds_config:
+        labels = output.parent / "labels.txt"
+        common.atomic_text(labels, "\n".join(classes) + "\n")
+        config = output.parent / "nvinfer_config.txt"
+        export.deepstream_config(config, output.name, labels.name, normalizer.describe(), shape, len(classes), data_type,
+                                 cal_cache=cache.name if cache else None,
+                                 engine_file=Path(engine_file).name if built else None,
+                                 max_batch_size=max_batch_size)
+        print(f"Wrote DeepStream config {config} and {labels}", flush=True)
+    return output

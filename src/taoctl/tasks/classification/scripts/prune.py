@@ -1,0 +1,61 @@
+"""taoctl classification prune: structured channel pruning of a trained model, TAO's flags.
+
+Keeps the filters whose normalised L2 norm exceeds -pth, equalising layers tied by residual
+adds/concatenations (-eq), rounding kept channels to -pg and keeping at least -nf. The output
+.tlt records every layer's width, so it loads with no extra code and retrains through
+train_config.pretrained_model_path.
+"""
+
+from __future__ import annotations
+
+import click
+
+from taoctl.engine.cli import CONTEXT_SETTINGS, MultiValueOption, key_option, results_dir_option
+
+
+@click.command(context_settings=CONTEXT_SETTINGS, help=__doc__)
+@click.option("-m", "--model", "model_path", required=True, help="Trained .tlt model.")
+@click.option("-o", "--output_file", required=True, help="Pruned .tlt model to write.")
+@key_option()
+@click.option("-n", "--normalizer", type=click.Choice(["max", "L2"]), default="max", show_default=True,
+              help="Normalise each layer's filter norms by their max or by their L2 norm.")
+@click.option("-eq", "--equalization_criterion", default="union", show_default=True,
+              type=click.Choice(["union", "intersection", "arithmetic_mean", "geometric_mean"]),
+              help="How layers tied by element-wise ops combine their scores.")
+@click.option("-pg", "--pruning_granularity", type=int, default=8, show_default=True,
+              help="Kept channels are a multiple of this.")
+@click.option("-pth", "--pruning_threshold", type=float, default=0.1, show_default=True,
+              help="Filters whose normalised norm is at or below this are removed.")
+@click.option("-nf", "--min_num_filters", type=int, default=16, show_default=True, help="Minimum filters per layer.")
+@click.option("-el", "--excluded_layers", cls=MultiValueOption, default=(),
+              help="Layers (or module prefixes such as features.1) never pruned.")
+@results_dir_option()
+@click.option("-v", "--verbose", is_flag=True, help="List every pruned layer; show tracebacks.")
+def command(model_path, output_file, key, normalizer, equalization_criterion, pruning_granularity, pruning_threshold,
+            min_num_filters, excluded_layers, results_dir, verbose):
+    from taoctl.engine import modelfile
+    from taoctl.engine.pruning import prune_model
+    from taoctl.tasks.classification import common
+
+    model, manifest = common.load_classifier(model_path, key or None)
+    head = getattr(model, "head_name", "") or ""
+    report = prune_model(model, tuple(manifest["input_shape"]), threshold=pruning_threshold, normalizer=normalizer,
+                         equalization=equalization_criterion, granularity=pruning_granularity,
+                         min_filters=min_num_filters, excluded=list(excluded_layers),
+                         output_layers=[head] if head else None)
+    if verbose:
+        for name, before, after in report.layers:
+            click.echo(f"  {name}: {before} -> {after} channels")
+    manifest = {k: v for k, v in manifest.items() if k not in ("layers", "format", "format_version", "taoctl_version",
+                                                                 "epoch", "metrics")}
+    manifest["pruning"] = {"source": str(model_path), "threshold": pruning_threshold, "normalizer": normalizer,
+                           "equalization_criterion": equalization_criterion, "granularity": pruning_granularity,
+                           "min_num_filters": min_num_filters, "excluded_layers": list(excluded_layers),
+                           "params_before": report.params_before, "params_after": report.params_after,
+                           "macs_before": report.macs_before, "macs_after": report.macs_after}
+    modelfile.save_model(output_file, model, manifest, key=key or None)
+    click.echo(f"Pruned {len(report.layers)} layer groups: parameters {report.params_before:,} -> "
+               f"{report.params_after:,} ({report.param_ratio * 100:.1f} %), MACs {report.macs_before:,} -> "
+               f"{report.macs_after:,} ({report.macs_after / max(report.macs_before, 1) * 100:.1f} %)")
+    click.echo(f"Wrote {output_file}")
+    return 0
