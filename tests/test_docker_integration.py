@@ -67,6 +67,8 @@ def engine(tmp_path_factory):
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     print(f"\n{TEST_IMAGE} ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    again = subprocess.run(build.args, capture_output=True, text=True)
+    assert again.returncode == 0 and f"{TEST_IMAGE} is up to date" in again.stdout, again.stdout + again.stderr
     yield
     subprocess.run([str(ROOT / ".ci" / "docker.sh"), "down"], env=env, check=False)
 

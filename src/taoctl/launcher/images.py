@@ -12,6 +12,7 @@ cannot reach PyPI) to the daemon as the build context; the docker SDK is importe
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -124,8 +125,22 @@ def write_context(out, root: Path, group: str, wheels: Path | None) -> None:
                     tar.add(wheel, arcname=f"wheels/{wheel.name}", filter=_skip)
 
 
-def build(group: str, base: str | None, tag: str | None, wheels: str | None, echo=print) -> str:
-    """Builds the group's image from this checkout; returns its tag."""
+def _digest(fileobj, extra: str) -> str:
+    digest = hashlib.sha256(extra.encode())
+    fileobj.seek(0)
+    for block in iter(lambda: fileobj.read(1 << 20), b""):
+        digest.update(block)
+    fileobj.seek(0)
+    return digest.hexdigest()
+
+
+def build(group: str, base: str | None, tag: str | None, wheels: str | None, echo=print,
+          rebuild: bool = False) -> str:
+    """Builds the group's image from this checkout; returns its tag.
+
+    The context is reproducible, so its digest (with the base's name) labels the image: an
+    image already built from the same context is reused without sending anything to Docker.
+    """
     from taoctl.launcher.runtime import docker as docker_runtime
 
     if group not in GROUPS:
@@ -143,12 +158,15 @@ def build(group: str, base: str | None, tag: str | None, wheels: str | None, ech
     client = docker_runtime.client()
     with tempfile.TemporaryFile() as context:
         write_context(context, root, group, wheel_dir)
-        context.seek(0)
+        digest = _digest(context, json.dumps(buildargs, sort_keys=True))
+        if not rebuild and _built_from(client, tag) == digest:
+            echo(f"{tag} is up to date (built from the same source, wheels and base)")
+            return tag
         echo(f"building {tag} from {root} (base {base or 'the Dockerfile default'})")
         errors = []
+        labels = {"taoctl.group": group, "taoctl.version": __version__, "taoctl.context": digest}
         for chunk in client.api.build(fileobj=context, custom_context=True, tag=tag, buildargs=buildargs,
-                                      rm=True, forcerm=True, decode=True,
-                                      labels={"taoctl.group": group, "taoctl.version": __version__}):
+                                      rm=True, forcerm=True, decode=True, labels=labels):
             if "stream" in chunk:
                 echo(chunk["stream"].rstrip("\n"))
             elif "error" in chunk:
@@ -157,6 +175,15 @@ def build(group: str, base: str | None, tag: str | None, wheels: str | None, ech
         raise TaoctlError(f"building {tag} failed: {errors[-1]}", exit_code=1)
     echo(f"built {tag}")
     return tag
+
+
+def _built_from(client, tag: str) -> str | None:
+    import docker
+
+    try:
+        return (client.images.get(tag).labels or {}).get("taoctl.context")
+    except docker.errors.ImageNotFound:
+        return None
 
 
 def status_lines() -> list[str]:
@@ -194,10 +221,11 @@ def images_group():
 @click.option("--tag", default=None, help="Image name (default taoctl/<group>:<version>).")
 @click.option("--wheels", default=None, type=click.Path(file_okay=False),
               help="Folder of wheels to install from instead of PyPI (offline builds).")
-def build_cli(group, base, tag, wheels):
+@click.option("--rebuild", is_flag=True, help="Build even when the image is up to date.")
+def build_cli(group, base, tag, wheels, rebuild):
     """Build the vision and/or conversational image from this checkout."""
     groups = [group] if group else list(GROUPS)
     if tag and len(groups) > 1:
         raise TaoctlError("--tag names one image: say which group to build (vision or conversational)")
     for name in groups:
-        build(name, base, tag, wheels, echo=click.echo)
+        build(name, base, tag, wheels, echo=click.echo, rebuild=rebuild)
