@@ -64,17 +64,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--dets", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of ours and of single-IoU pycocotools (best kept)")
     args = parser.parse_args()
     targets, dets = random_dataset(np.random.default_rng(0), args.images, args.dets)
     names = ["0", "1", "2"]
 
-    start = time.perf_counter()
-    ours = dm.evaluate(targets, dets, names, mode="INTEGRATE", min_confidence=0.0)
-    t_ours = time.perf_counter() - start
-    t_one, coco_one = coco_eval(targets, dets, 3, single_threshold=True)
+    # Best of --repeat runs: the machine is shared, and the minimum is the least disturbed run.
+    t_ours = t_one = float("inf")
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        ours = dm.evaluate(targets, dets, names, mode="INTEGRATE", min_confidence=0.0)
+        t_ours = min(t_ours, time.perf_counter() - start)
+        elapsed, coco_one = coco_eval(targets, dets, 3, single_threshold=True)
+        t_one = min(t_one, elapsed)
     t_ten, _ = coco_eval(targets, dets, 3, single_threshold=False)
 
     print(f"{args.images} images x {args.dets} detections, {sum(len(t.classes) for t in targets)} boxes, 3 classes")
+    print(f"best of {args.repeat} runs (the 10-IoU pycocotools run once)")
     print(f"taoctl evaluate (IoU 0.5):            {t_ours:8.3f} s")
     print(f"pycocotools (IoU 0.5 only, 1 area):   {t_one:8.3f} s   ratio {t_one / t_ours:6.1f}x")
     print(f"pycocotools (default 10 IoUs, 4 areas): {t_ten:6.3f} s   ratio {t_ten / t_ours:6.1f}x")

@@ -196,14 +196,18 @@ def _concat_detections(detections: Sequence[ImageDetections]):
 _PAIRS_PER_CHUNK = 4_000_000  # bounds memory: (detection, box) pairs handled at once
 
 
-def _best_matches(d_boxes, d_cls, d_image, g_boxes, g_cls, g_per_image):
+def _best_matches(d_boxes, d_cls, d_image, g_boxes, g_cls, g_image, num_images, num_classes):
     """For every detection, the box of its image and class it overlaps most (first on ties) and that IoU.
 
-    Works on all (detection, box-in-the-same-image) pairs at once, in chunks of detections;
-    a detection without a box of its class gets IoU -1 and box 0 (never a hit).
+    Boxes are grouped by (image, class) so each detection meets only the boxes it may match; all
+    those (detection, box) pairs are handled at once, in chunks of detections. A detection without
+    a box of its class gets IoU -1 and box 0 (never a hit). ``g_*`` must be sorted by
+    (image, class), keeping the input order within a group.
     """
-    g_start = np.concatenate(([0], np.cumsum(g_per_image)))[:-1]
-    n_pairs = g_per_image[d_image] if len(d_image) else np.zeros(0, np.int64)
+    groups = np.bincount(g_image * num_classes + g_cls, minlength=num_images * num_classes)
+    group_start = np.concatenate(([0], np.cumsum(groups)))
+    key = d_image * num_classes + d_cls
+    n_pairs = groups[key]
     best_gt = np.zeros(len(d_cls), dtype=np.int64)
     best_iou = np.full(len(d_cls), -1.0)
     bounds = np.concatenate(([0], np.cumsum(n_pairs)))
@@ -213,26 +217,23 @@ def _best_matches(d_boxes, d_cls, d_image, g_boxes, g_cls, g_per_image):
         counts = n_pairs[first:last]
         total = int(counts.sum())
         if total:
+            seg_start = np.cumsum(counts) - counts
             det = np.repeat(np.arange(first, last), counts)
-            offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-            gt = g_start[d_image[det]] + offsets
+            gt = group_start[key[det]] + np.arange(total) - np.repeat(seg_start, counts)
             a, b = d_boxes[det], g_boxes[gt]
             w = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
             h = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-            inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+            inter = np.maximum(w, 0) * np.maximum(h, 0)
             union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
             iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-            iou[d_cls[det] != g_cls[gt]] = -1.0  # only boxes of the same class compete
             # Pairs are grouped by detection: the segment maximum, then its first position.
             has = counts > 0
-            seg_start = (np.cumsum(counts) - counts)[has]
-            seg_max = np.maximum.reduceat(iou, seg_start)
-            dets_with = np.arange(first, last)[has]
+            seg_max = np.maximum.reduceat(iou, seg_start[has])
             at_max = np.nonzero(iou == np.repeat(seg_max, counts[has]))[0]
             owner = det[at_max]
             first_of_owner = np.concatenate(([True], owner[1:] != owner[:-1]))
             best_gt[owner[first_of_owner]] = gt[at_max[first_of_owner]]
-            best_iou[dets_with] = seg_max
+            best_iou[np.arange(first, last)[has]] = seg_max
         first = last
     return best_gt, best_iou
 
@@ -259,6 +260,13 @@ def evaluate(targets: Sequence[ImageTargets], detections: Sequence[ImageDetectio
 
     g_boxes, g_cls, g_ignore, g_per_image = _concat_targets(targets)
     d_boxes, d_cls, d_score, d_image = _concat_detections(detections)
+    for what, classes in (("ground truth", g_cls), ("detection", d_cls)):
+        if len(classes) and (classes.min() < 0 or classes.max() >= num_classes):
+            raise ValueError(f"{what} class index outside 0..{num_classes - 1}")
+    g_image = np.repeat(np.arange(len(targets)), g_per_image)
+    # Boxes grouped by (image, class), input order kept within a group (stable sort).
+    by_group = np.argsort(g_image * num_classes + g_cls, kind="stable")
+    g_boxes, g_cls, g_ignore, g_image = g_boxes[by_group], g_cls[by_group], g_ignore[by_group], g_image[by_group]
     keep = d_score >= min_confidence
     for k, box_filter in enumerate(filters):
         if box_filter is not None:
@@ -267,7 +275,7 @@ def evaluate(targets: Sequence[ImageTargets], detections: Sequence[ImageDetectio
     d_boxes, d_cls, d_score, d_image = d_boxes[keep], d_cls[keep], d_score[keep], d_image[keep]
     gt_counts = np.bincount(g_cls[~g_ignore], minlength=num_classes)
     # Each detection's best-overlapping box of its class in its image (global index), and that IoU.
-    best_gt, best_iou = _best_matches(d_boxes, d_cls, d_image, g_boxes, g_cls, g_per_image)
+    best_gt, best_iou = _best_matches(d_boxes, d_cls, d_image, g_boxes, g_cls, g_image, len(targets), num_classes)
     hit = best_iou >= thresholds[d_cls]
     # Matched a difficult box: neither TP nor FP.
     d_ignored = hit & g_ignore[best_gt] if len(g_ignore) else np.zeros(len(hit), dtype=bool)
