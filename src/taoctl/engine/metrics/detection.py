@@ -6,7 +6,7 @@ overlaps most; it is a true positive when that IoU >= the class's matching thres
 is not yet matched, a false positive otherwise, and neither when the box is "difficult" (or
 outside ``evaluation_box_config``'s size range). Because the best-overlapping box does not depend
 on what was matched before, the whole evaluation vectorizes: one IoU per (detection, box of the
-same image) pair, then one sort and "first detection to claim each box wins".
+same image and class) pair, then one sort and "first detection to claim each box wins".
 
 AP modes: ``SAMPLE`` (VOC2007 11-point: mean over t in 0, 0.1 … 1 of the maximum precision at
 recall >= t) and ``INTEGRATE`` (VOC2010+: area under the monotone precision envelope).
