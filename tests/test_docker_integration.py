@@ -308,8 +308,8 @@ def test_envs_user_option_and_missing_image(user):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "hi there 1234:5678" and lines[1].split()[1] == "256"
-    missing = user.run("--runtime", "docker", "classification", "run", "--mounts", str(mounts),
-                       "--image", "taoctl/vision:absent", "true")
+    missing = user.run("--runtime", "docker", "--image", "taoctl/vision:absent", "classification", "run",
+                       "--mounts", str(mounts), "true")
     assert missing.returncode == 2
     assert missing.stderr.strip() == ("taoctl: image taoctl/vision:absent for classification is not built; "
                                       "build it with `taoctl images build vision --tag taoctl/vision:absent`")

@@ -169,9 +169,10 @@ def test_gpu_requests():
 
 
 def test_launcher_flags_are_taken_out():
-    options, rest = docker_runtime.take_flags(["-e", "s", "--mounts", "m.json", "--image=x:1", "--auto-mount", "-r", "o"])
-    assert options == {"mounts": "m.json", "image": "x:1", "auto_mount": True}
-    assert rest == ["-e", "s", "-r", "o"]
+    options, rest = docker_runtime.take_flags(["-e", "s", "--mounts=m.json", "--image", "x.png", "--auto-mount", "-r", "o"])
+    assert options == {"mounts": "m.json", "auto_mount": True}
+    # --image after the task is the subtask's (classification inference -i/--image).
+    assert rest == ["-e", "s", "--image", "x.png", "-r", "o"]
 
 
 def test_image_map_from_config(tmp_path, monkeypatch):

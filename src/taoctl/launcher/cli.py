@@ -84,6 +84,9 @@ class TaskCommand(click.Command):
             subtask, args = args[0], args[1:]
         runtime_name, args = _take_launcher_flags(args, ctx.find_root().params.get("runtime"))
         docker_options, args = docker_runtime.take_flags(args)
+        # --image only before the task: after it, `-i/--image` is classification inference's.
+        root = ctx.find_root().params
+        docker_options = {k: root[k] for k in ("image", "mounts", "auto_mount") if root.get(k)} | docker_options
         if subtask == "run":
             if not args:
                 raise TaoctlError(f"`taoctl {task.name} run` needs a command to run")
@@ -158,9 +161,14 @@ def image_for(task: registry.Task) -> str:
              invoke_without_command=True)
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=None, envvar="TAOCTL_RUNTIME",
               help="Where subtasks run (default: local).")
+@click.option("--image", default=None, help="docker runtime: the image for this run (default: the task's).")
+@click.option("--mounts", default=None, help="docker runtime: mounts file (default $LAUNCHER_MOUNTS, "
+                                             "~/.tao_mounts.json); also accepted after the task.")
+@click.option("--auto-mount", "auto_mount", is_flag=True,
+              help="docker runtime: mount paths outside the mounts at the same path; also after the task.")
 @click.version_option(__version__, prog_name="taoctl")
 @click.pass_context
-def cli(ctx, runtime):
+def cli(ctx, runtime, image, mounts, auto_mount):
     """taoctl: NVIDIA TAO Toolkit's workflow (spec files, train, prune, export) on open PyTorch code."""
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())

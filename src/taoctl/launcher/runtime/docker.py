@@ -28,12 +28,13 @@ LABEL = "taoctl"  # value: the taoctl version that started the container
 STOP_TIMEOUT_S = 10
 
 
-# Launcher flags for this runtime, taken out of the task's args: {flag: takes a value}.
-FLAGS = {"--mounts": True, "--image": True, "--auto-mount": False}
+# Launcher flags for this runtime, taken out of the task's args: {flag: takes a value}. No TAO
+# entrypoint has these; `--image` is not one of them because classification inference has it.
+FLAGS = {"--mounts": True, "--auto-mount": False}
 
 
 def take_flags(args: list[str]) -> tuple[dict, list[str]]:
-    """Splits ``--mounts FILE --image IMG --auto-mount`` off the task's args, for :func:`run`."""
+    """Splits ``--mounts FILE --auto-mount`` off the task's args, for :func:`run`."""
     options: dict = {}
     rest: list[str] = []
     i = 0
