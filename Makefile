@@ -25,6 +25,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+bench: $(STAMP)
+	for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Isrc --python_out=src $$(find src/taoctl -path '*/proto/*.proto')
 
