@@ -17,8 +17,8 @@ import click
 from taoctl import __version__
 from taoctl.engine.cli import run_command
 from taoctl.errors import TaoctlError, did_you_mean
-from taoctl.launcher import jobs, registry, speccheck
-from taoctl.launcher import images
+from taoctl.launcher import images, jobs, registry, speccheck
+from taoctl.launcher.entrypoint import PROG_ENV
 from taoctl.launcher.runtime import docker as docker_runtime
 from taoctl.launcher.runtime import local
 
@@ -92,9 +92,14 @@ class TaskCommand(click.Command):
                 raise TaoctlError(f"`taoctl {task.name} run` needs a command to run")
             return _run(runtime_name, list(args), task.name, "run", args, docker_options)
         task.check_subtask(subtask)
+        # Help and usage lines name the command as the user typed it (TAO 4 or TAO 5 form).
+        os.environ[PROG_ENV] = ctx.command_path if task.direct else f"{ctx.command_path} {subtask}"
         command = local.entrypoint_command(task.name, subtask, args)
         if "--dry-run" in args or "--dry_run" in args:
             # The plan is the launcher's to tell; the subtask then checks its spec and paths.
+            if runtime_name == "docker":  # ... in its container, where the spec's paths are
+                click.echo(docker_runtime.plan_text(task.name, subtask, args, **docker_options))
+                return _run(runtime_name, command, task.name, subtask, args, docker_options)
             click.echo(plan_text(runtime_name, task, command))
             return local.run(command, task.name, subtask, args)
         return _run(runtime_name, command, task.name, subtask, args, docker_options)

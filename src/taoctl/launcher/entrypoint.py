@@ -17,6 +17,8 @@ from taoctl.launcher.registry import get_task
 
 # Set by this module in the processes torchrun starts, so they do not launch again.
 DDP_CHILD_ENV = "TAOCTL_DDP_CHILD"
+# The command as the user typed it (`taoctl dataset augmentation`), for help and usage lines.
+PROG_ENV = "TAOCTL_PROG"
 
 
 def _flag_value(args: list[str], names: tuple[str, ...], default: str | None = None) -> str | None:
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call(command, env=env)
 
     module = importlib.import_module(task.module_for(subtask))
-    prog = f"taoctl {task.name}" if task.direct else f"taoctl {task.name} {subtask}"
+    prog = os.environ.get(PROG_ENV) or (f"taoctl {task.name}" if task.direct else f"taoctl {task.name} {subtask}")
     return run_command(module.command, args, prog_name=prog)
 
 
