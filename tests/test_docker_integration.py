@@ -324,3 +324,26 @@ def test_local_runs_say_so_when_a_mounts_file_and_docker_are_present(user):
     assert in_docker.returncode == 0 and in_docker.stdout == "in the container\n"
     assert in_docker.stderr.splitlines()[0] == (f"taoctl: runtime docker, image {TEST_IMAGE}, "
                                                 f"mounts {user.tmp / 'home' / '.tao_mounts.json'}")
+
+
+def test_dry_run_plans_the_container_and_checks_the_spec_inside_it(user):
+    project = user.mkdir(user.tmp / "project")
+    subprocess.run([sys.executable, "-m", "taoctl.engine.data.samples", "--out", str(project / "data")], check=True,
+                   capture_output=True)
+    spec = 'kitti_config {{ root_directory_path: "{root}" image_dir_name: "images" label_dir_name: "labels" }}\n'
+    (project / "container.txt").write_text(spec.format(root="/exp/data/kitti"))
+    (project / "host.txt").write_text(spec.format(root=project / "data" / "kitti"))
+    mounts = mounts_file(user.tmp / "mounts.json", {str(project): "/exp"})
+    ok = user.run("--runtime", "docker", "detectnet_v2", "dataset_convert", "--mounts", str(mounts), "--dry-run",
+                  "-d", "container.txt", "-o", "out/tfr", cwd=project)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    plan = ok.stdout.splitlines()
+    assert plan[0] == "Plan (dry run, nothing is executed):"
+    assert f"  mounts:  {project} -> /exp (from {mounts})" in plan and "  workdir: /exp" in plan
+    assert ("  command: python -m taoctl.launcher.entrypoint detectnet_v2 dataset_convert --dry-run "
+            "-d /exp/container.txt -o /exp/out/tfr") in plan
+    assert not (project / "out").exists()
+    # A spec naming host paths cannot work in the container: the dry run says so, inside it.
+    bad = user.run("--runtime", "docker", "detectnet_v2", "dataset_convert", "--mounts", str(mounts), "--dry-run",
+                   "-d", "host.txt", "-o", "out/tfr", cwd=project)
+    assert bad.returncode == 2 and str(project / "data" / "kitti") in bad.stdout + bad.stderr

@@ -55,7 +55,7 @@ def find_file(explicit: str | None = None) -> Path | None:
     """The mounts file in force: ``--mounts``, then ``$LAUNCHER_MOUNTS``, then ``~/.tao_mounts.json``."""
     chosen = explicit or os.environ.get(ENV_VAR)
     if chosen:
-        path = Path(chosen).expanduser()
+        path = Path(chosen).expanduser().absolute()
         if not path.is_file():
             origin = "--mounts" if explicit else f"${ENV_VAR}"
             raise TaoctlError(f"mounts file {path} (from {origin}) does not exist")

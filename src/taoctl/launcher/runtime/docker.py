@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import glob
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -238,6 +239,25 @@ def container_spec(task: registry.Task, subtask: str, args: list[str], config: m
         notices.append("no GPU on this host; the task runs on CPU")
     notices += [f"--auto-mount: {m.source} mounted at the same path" for m in translator.added]
     return kwargs, notices
+
+
+def plan_text(task_name: str, subtask: str, args: list[str], mounts: str | None = None,
+              image: str | None = None, auto_mount: bool = False) -> str:
+    """What `--dry-run` with the docker runtime would start (no daemon needed)."""
+    task = registry.get_task(task_name)
+    config = mounts_mod.load(mounts_mod.find_file(mounts))
+    kwargs, notices = container_spec(task, subtask, args, config, auto_mount, host_gpu_count())
+    requests = kwargs.get("device_requests")
+    binds = ", ".join(f"{m['Source']} -> {m['Target']}" for m in kwargs["mounts"]) or "none"
+    return "\n".join(["Plan (dry run, nothing is executed):",
+                      "  runtime: docker",
+                      f"  image:   {images.image_for(task, image)}",
+                      f"  mounts:  {binds} (from {config.path or 'no mounts file'})",
+                      f"  user:    {kwargs['user']}",
+                      f"  gpus:    {', '.join(requests[0]['DeviceIDs']) if requests else 'none (CPU)'}",
+                      f"  workdir: {kwargs.get('working_dir', 'the image default')}",
+                      f"  command: {shlex.join(kwargs['command'])}",
+                      *(f"  note:    {n}" for n in notices)])
 
 
 def run(task_name: str, subtask: str, args: list[str], mounts: str | None = None,
