@@ -251,14 +251,15 @@ def test_list_shows_a_running_container_and_stop_ends_it(user):
         job.kill()
 
 
-def test_ctrl_c_stops_and_removes_the_container(user):
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_stops_and_removes_the_container(user, signum, status):
     mounts = mounts_file(user.tmp / "mounts.json", {str(user.tmp): "/t"})
     job = user.start("--runtime", "docker", "classification", "run", "--mounts", str(mounts),
                      "python3", "-c", "import time; print('started', flush=True); time.sleep(120)")
     try:
         assert job.stdout.readline().strip() == "started"  # output streams live
-        job.send_signal(signal.SIGINT)
-        assert job.wait(timeout=30) == 130
+        job.send_signal(signum)
+        assert job.wait(timeout=30) == status
         assert _containers(user) == []
     finally:
         job.kill()

@@ -290,10 +290,10 @@ def run(task_name: str, subtask: str, args: list[str], mounts: str | None = None
         container.start()
         _stream(stream, kwargs["tty"])
         return int(container.wait()["StatusCode"])
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"\ntaoctl: stopping container {container.short_id}", file=sys.stderr, flush=True)
         _quiet(container.stop, timeout=STOP_TIMEOUT_S)
-        return 130
+        return 128 + (exc.args[0] if exc.args else signal.SIGINT)
     except docker.errors.APIError as exc:
         raise TaoctlError(f"docker: {exc.explanation or exc}", exit_code=1) from exc
     finally:
