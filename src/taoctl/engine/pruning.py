@@ -102,6 +102,8 @@ def prune_model(model: nn.Module, input_shape: tuple[int, int, int], threshold: 
             layer = dep.target.module
             if dep.handler not in _OUT_FNS or not isinstance(layer, (nn.Conv2d, nn.Linear)):
                 continue
+            if max(idxs) >= layer.weight.shape[0]:  # index mapping through a reshape: not this layer's filters
+                continue
             norms = layer.weight.detach()[idxs].flatten(1).norm(p=2, dim=1)
             if normalizer == "max":
                 norms = norms / norms.max().clamp_min(1e-12)

@@ -78,8 +78,7 @@ class VisualizerHook(Hook):
 def _load_pretrained(model: nn.Module, path: str, key: str | None) -> None:
     from taoctl.engine.pretrained import load_pretrained
 
-    report = load_pretrained(model, path, key=key)
-    _echo(str(report))
+    load_pretrained(model, path, key=key, log=_echo)
 
 
 def _distillation(train_config):

@@ -1,0 +1,158 @@
+"""Classification speed, measured side by side in one run (prints ratios, asserts nothing).
+
+    .venv/bin/python bench/bench_classification.py --model run/weights/mobilenet_v2_010.tlt \
+        --images ../shared/data/ants_bees/val [--pruned p1.tlt p2.tlt ...] [--repeats 5]
+
+1. training throughput: taoctl's Trainer (cached dataset, DataLoader, augmentation, hooks)
+   vs a bare PyTorch loop on the same model, batch size and in-memory tensors (target >= 0.9x);
+2. ONNX fp32 (onnxruntime) vs eager PyTorch at batch 1 and 16 (target >= 3x);
+3. ONNX int8 (QDQ, calibrated on --images) vs ONNX fp32 at batch 16 (target >= 1.5x);
+4. every --pruned model's eager latency vs the unpruned model's, batch 16.
+Latencies are medians over --repeats runs after a warm-up, all with the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from taoctl.engine import export
+from taoctl.engine.data import imagefolder
+from taoctl.engine.trainer import Trainer
+from taoctl.tasks.classification import common
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def load_images(folder: str, shape, count: int) -> np.ndarray:
+    index = imagefolder.scan_image_folder(folder)
+    index.samples = index.samples[:: max(1, len(index.samples) // count)][:count]
+    arrays, _, _ = imagefolder.cache_images(index, shape[1:], shape[0], "center")
+    while len(arrays) < count:
+        arrays += arrays[: count - len(arrays)]
+    return np.stack([a.transpose(2, 0, 1) for a in arrays])
+
+
+def bench_training(model_path, key, images: np.ndarray, batch: int, steps: int) -> tuple[float, float]:
+    """(taoctl images/s, bare images/s) for `steps` SGD steps of batch `batch` on the same model."""
+    results = {}
+    labels = torch.arange(len(images)) % 2
+    for name in ("bare", "taoctl"):
+        torch.manual_seed(0)
+        model, manifest = common.load_classifier(model_path, key)
+        model.train()
+        normalizer = imagefolder.Normalizer(manifest["preprocess"]["mode"], images.shape[1],
+                                            manifest["preprocess"].get("image_mean") or None)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+        count = batch * steps
+        if name == "bare":
+            x_all = normalizer(torch.from_numpy(images[:count]))
+            y_all = labels[:count]
+
+            def run():
+                for i in range(0, count, batch):
+                    loss = torch.nn.functional.cross_entropy(model(x_all[i:i + batch]), y_all[i:i + batch])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+
+            run()  # warm-up
+            started = time.perf_counter()
+            run()
+            results[name] = count / (time.perf_counter() - started)
+        else:
+            shape = images.shape[1:]
+            arrays = [a.transpose(1, 2, 0) for a in images[:count]]
+            dataset = imagefolder.CachedImageDataset(arrays, labels[:count].tolist(),
+                                                     imagefolder.train_transform(shape[1:], True, False, True))
+            loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0,
+                                                 drop_last=True)
+
+            def loss_fn(net, b):
+                x, y = b
+                return torch.nn.functional.cross_entropy(net(normalizer(x)), y), {}
+
+            with tempfile.TemporaryDirectory() as tmp:
+                trainer = Trainer(model, optimizer, loader, loss_fn, tmp, 2, "bench", manifest, progress_interval_s=1e9)
+                trainer.train()
+                # Two epochs: the first is the warm-up; the second's time excludes the end-of-epoch checkpoint.
+                results[name] = count / trainer.history[-1]["time_per_epoch"]
+    return results["taoctl"], results["bare"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--images", required=True, help="ImageFolder (calibration and latency inputs)")
+    parser.add_argument("--pruned", nargs="*", default=[])
+    parser.add_argument("-k", "--key", default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train_batch", type=int, default=16)
+    parser.add_argument("--train_steps", type=int, default=4)
+    args = parser.parse_args(argv)
+
+    threads = torch.get_num_threads()
+    model, manifest = common.load_classifier(args.model, args.key)
+    shape = tuple(manifest["input_shape"])
+    pre = manifest.get("preprocess", {})
+    normalizer = imagefolder.Normalizer(pre.get("mode", "caffe"), shape[0], pre.get("image_mean") or None)
+    images = load_images(args.images, shape, max(64, args.train_batch * args.train_steps))
+    x16 = normalizer.numpy(images[:16])
+    print(f"model {args.model} ({manifest['arch']['arch']}, input {shape}), torch threads {threads}")
+
+    taoctl_ips, bare_ips = bench_training(args.model, args.key, images, args.train_batch, args.train_steps)
+    print(f"train throughput: taoctl {taoctl_ips:.1f} img/s, bare PyTorch {bare_ips:.1f} img/s, "
+          f"ratio {taoctl_ips / bare_ips:.2f}x (target >= 0.9x)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        export.export_onnx(model, fp32, shape, torch.from_numpy(x16))
+        export.quantize_int8(fp32, int8, [normalizer.numpy(images[i:i + 16]) for i in range(0, 64, 16)],
+                             progress=lambda m: None)
+        session32 = export.ort_session(fp32, threads)
+        session8 = export.ort_session(int8, threads)
+        eager = {}
+        for batch in (1, 16):
+            x = x16[:batch]
+            xt = torch.from_numpy(x)
+            with torch.no_grad():
+                eager[batch] = median_seconds(lambda: model(xt), args.repeats)
+            onnx_s = median_seconds(lambda: export.run_onnx(session32, x), args.repeats)
+            print(f"batch {batch:2d}: eager {eager[batch] * 1000:.1f} ms, ONNX fp32 {onnx_s * 1000:.1f} ms, "
+                  f"ratio {eager[batch] / onnx_s:.2f}x (target >= 3x)")
+        fp32_s = median_seconds(lambda: export.run_onnx(session32, x16), args.repeats)
+        int8_s = median_seconds(lambda: export.run_onnx(session8, x16), args.repeats)
+        print(f"batch 16: ONNX fp32 {fp32_s * 1000:.1f} ms, ONNX int8 {int8_s * 1000:.1f} ms, "
+              f"ratio {fp32_s / int8_s:.2f}x (target >= 1.5x)")
+        xt16 = torch.from_numpy(x16)
+        for path in args.pruned:
+            pruned, _ = common.load_classifier(path, args.key)
+            with torch.no_grad():
+                pruned_s = median_seconds(lambda: pruned(xt16), args.repeats)
+            p_onnx = Path(tmp) / "pruned.onnx"
+            export.export_onnx(pruned, p_onnx, shape, xt16)
+            p_session = export.ort_session(p_onnx, threads)
+            p_onnx_s = median_seconds(lambda: export.run_onnx(p_session, x16), args.repeats)
+            params = sum(p.numel() for p in pruned.parameters())
+            print(f"pruned {path}: {params:,} params, eager batch 16 {pruned_s * 1000:.1f} ms vs unpruned "
+                  f"{eager[16] * 1000:.1f} ms (speed-up {eager[16] / pruned_s:.2f}x), ONNX fp32 {p_onnx_s * 1000:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The classification workflow end to end through the real `taoctl` command, on a tiny generated set."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
+
+SPEC = """
+model_config {{
+  arch: "resnet"
+  n_layers: 10
+  input_image_size: "3,32,32"
+  use_batch_norm: true
+}}
+train_config {{
+  train_dataset_path: "{data}/train"
+  val_dataset_path: "{data}/val"
+  {pretrained}
+  optimizer {{ adam {{ lr: 0.003 }} }}
+  lr_config {{ step {{ learning_rate: 0.003 step_size: 50 gamma: 0.5 }} }}
+  reg_config {{ type: "L1" scope: "Conv2D" weight_decay: 0.000001 }}
+  batch_size_per_gpu: 8
+  n_epochs: {epochs}
+  n_workers: 0
+  random_seed: 7
+  enable_random_crop: true
+  enable_center_crop: true
+  mixup_alpha: 0.2
+  preprocess_mode: "tf"
+}}
+eval_config {{
+  eval_dataset_path: "{data}/val"
+  top_k: 2
+  batch_size: 4
+  enable_center_crop: true
+}}
+"""
+
+
+def _make_data(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 10), ("val", 4)):
+        for name, colour in COLOURS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                noise = rng.integers(-30, 30, (36, 40, 3))
+                array = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(array).save(folder / f"{name} {i}.png")
+    (root / "train" / "red" / "broken.jpg").write_bytes(b"not a jpeg")
+
+
+def taoctl(*args, check=True):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    result = subprocess.run([sys.executable, "-m", "taoctl.launcher.cli", *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"taoctl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    data = root / "data"
+    _make_data(data)
+    spec = root / "spec.txt"
+    spec.write_text(SPEC.format(data=data, pretrained="", epochs=2))
+    run = root / "run"
+    train = taoctl("classification", "train", "-e", str(spec), "-r", str(run), "-k", "secret")
+    return root, data, spec, run, train
+
+
+def test_train_outputs(workflow):
+    root, data, spec, run, train = workflow
+    assert "broken.jpg" in train.stdout + train.stderr  # the summary names the skipped file
+    assert json.loads((run / "classmap.json").read_text()) == {"blue": 0, "green": 1, "red": 2}
+    assert sorted(p.name for p in (run / "weights").iterdir()) == ["resnet_001.tlt", "resnet_002.tlt"]
+    status = [json.loads(line) for line in (run / "status.json").read_text().splitlines()]
+    assert status[-1]["status"] == "SUCCESS"
+    assert "val_accuracy" in (run / "metrics.csv").read_text()
+
+
+def test_evaluate_and_wrong_key(workflow):
+    root, data, spec, run, _ = workflow
+    out = root / "eval"
+    result = taoctl("classification", "evaluate", "-e", str(spec), "-m", str(run / "weights" / "resnet_002.tlt"),
+                    "-k", "secret", "-r", str(out))
+    report = json.loads((out / "results.json").read_text())
+    assert report["num_images"] == 12 and report["top_k"] == 2
+    assert f"top-1 accuracy: {report['top1_accuracy'] * 100:.2f} %" in result.stdout
+    assert (out / "confusion_matrix.png").stat().st_size > 0
+    bad = taoctl("classification", "evaluate", "-e", str(spec), "-m", str(run / "weights" / "resnet_002.tlt"),
+                 "-k", "nope", check=False)
+    assert bad.returncode == 2 and "wrong key" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_inference_dir_and_single_image(workflow):
+    root, data, spec, run, _ = workflow
+    model = str(run / "weights" / "resnet_002.tlt")
+    out = root / "infer"
+    taoctl("classification", "inference", "-e", str(spec), "-m", model, "-k", "secret", "-cm",
+           str(run / "classmap.json"), "-d", str(data / "val" / "red"), "-b", "3", "-r", str(out))
+    rows = list(csv.DictReader((out / "result.csv").open()))
+    assert len(rows) == 4 and {r["label"] for r in rows} <= set(COLOURS)
+    assert all(0 < float(r["confidence"]) <= 1 for r in rows)
+    one = taoctl("classification", "inference", "-e", str(spec), "-m", model, "-k", "secret", "-cm",
+                 str(run / "classmap.json"), "-i", str(data / "val" / "blue" / "blue 0.png"))
+    assert "blue 0.png: " in one.stdout
+
+
+def test_prune_retrain_export_and_onnx_evaluate(workflow):
+    root, data, spec, run, _ = workflow
+    pruned = root / "pruned.tlt"
+    result = taoctl("classification", "prune", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
+                    "-o", str(pruned), "-pth", "0.8", "-pg", "4", "-nf", "4", "-eq", "arithmetic_mean")
+    assert "parameters" in result.stdout and "Wrote" in result.stdout
+    retrain_spec = root / "retrain.txt"
+    retrain_spec.write_text(SPEC.format(data=data, pretrained=f'pretrained_model_path: "{pruned}"', epochs=1))
+    taoctl("classification", "train", "-e", str(retrain_spec), "-r", str(root / "retrain"), "-k", "secret")
+    retrained = root / "retrain" / "weights" / "resnet_001.tlt"
+    onnx_path = root / "export" / "model.onnx"
+    exported = taoctl("classification", "export", "-m", str(retrained), "-k", "secret", "-o", str(onnx_path),
+                      "-e", str(retrain_spec), "--gen_ds_config", "--engine_file", str(root / "export" / "m.engine"))
+    assert "max abs diff" in exported.stdout and "tensorrt" in exported.stdout
+    assert (root / "export" / "labels.txt").read_text().split() == ["blue", "green", "red"]
+    assert "network-type=1" in (root / "export" / "nvinfer_config.txt").read_text()
+    tlt_eval = taoctl("classification", "evaluate", "-e", str(retrain_spec), "-m", str(retrained), "-k", "secret",
+                      "-r", str(root / "e_tlt"))
+    onnx_eval = taoctl("classification", "evaluate", "-e", str(retrain_spec), "-m", str(onnx_path),
+                       "-r", str(root / "e_onnx"))
+    tlt_report = json.loads((root / "e_tlt" / "results.json").read_text())
+    onnx_report = json.loads((root / "e_onnx" / "results.json").read_text())
+    assert onnx_report["confusion_matrix"] == tlt_report["confusion_matrix"]
+    assert abs(onnx_report["loss"] - tlt_report["loss"]) < 1e-4
+    assert tlt_eval.returncode == onnx_eval.returncode == 0
+
+
+def test_user_errors_are_one_line(workflow, tmp_path):
+    root, data, spec, run, _ = workflow
+    bad_spec = tmp_path / "bad.txt"
+    bad_spec.write_text(SPEC.format(data=tmp_path / "missing", pretrained="", epochs=1))
+    result = taoctl("classification", "train", "-e", str(bad_spec), "-r", str(tmp_path / "r"), check=False)
+    assert result.returncode == 2 and "not a folder" in result.stderr and "Traceback" not in result.stderr
+    result = taoctl("classification", "prune", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
+                    "-o", str(tmp_path / "p.tlt"), "-el", "layer_that_is_not_there", check=False)
+    assert result.returncode == 2 and "no layer named" in result.stderr
+    strict = taoctl("classification", "train", "-e", str(spec), "-r", str(tmp_path / "strict"), "--strict",
+                    check=False)
+    assert strict.returncode == 2 and "broken.jpg" in strict.stderr
