@@ -176,6 +176,43 @@ def test_dataset_convert_through_a_mounts_file(user):
     assert {p.stat().st_uid for p in [project / "tfrecords", *shards]} == {user.uid}
 
 
+CLASSIFICATION_SPEC = """
+model_config { arch: "resnet" n_layers: 10 input_image_size: "3,32,32" use_batch_norm: true }
+train_config {
+  train_dataset_path: "/workspace/exp/data/train"
+  val_dataset_path: "/workspace/exp/data/val"
+  optimizer { sgd { lr: 0.01 momentum: 0.9 } }
+  lr_config { step { learning_rate: 0.01 step_size: 10 gamma: 0.5 } }
+  batch_size_per_gpu: 4
+  n_epochs: 1
+  n_workers: 1
+  random_seed: 7
+}
+eval_config { eval_dataset_path: "/workspace/exp/data/val" top_k: 1 batch_size: 4 }
+"""
+
+
+def test_classification_train_one_epoch_in_the_container(user):
+    from PIL import Image
+
+    project = user.mkdir(user.tmp / "exp")
+    for split, count in (("train", 4), ("val", 2)):
+        for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+            folder = project / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (40, 36), colour).save(folder / f"{i}.png")
+    (project / "spec.txt").write_text(CLASSIFICATION_SPEC)
+    mounts = mounts_file(user.tmp / "mounts.json", {str(project): "/workspace/exp"})
+    result = user.run("--runtime", "docker", "classification", "train", "--mounts", str(mounts),
+                      "-e", str(project / "spec.txt"), "-r", str(project / "results"), "-k", "key")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Final: epoch 1" in result.stdout and "/workspace/exp/results/weights/" in result.stdout
+    written = [project / "results", *sorted((project / "results").rglob("*"))]
+    assert project / "results" / "weights" / "resnet_001.tlt" in written
+    assert {p.stat().st_uid for p in written} == {user.uid}
+
+
 def test_paths_spaces_and_quotes_survive(user):
     work = user.mkdir(user.tmp / "my work")
     (work / "it's here.txt").write_text("hello from the host\n")
