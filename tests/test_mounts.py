@@ -254,3 +254,13 @@ def test_container_spec_without_docker(project, monkeypatch):
     assert kwargs["user"] == f"{os.getuid()}:{os.getgid()}" and "device_requests" not in kwargs
     assert kwargs["command"][-2:] == ["--gpus", "2"]
     assert notices == ["no GPU on this host; the task runs on CPU"]
+
+
+def test_launcher_commands_do_not_import_the_docker_sdk():
+    # With no daemon, info and list answer from a socket ping alone.
+    code = ("import sys; from click.testing import CliRunner; from taoctl.launcher import cli; "
+            "codes = [CliRunner().invoke(cli.cli, c).exit_code for c in (['info'], ['list'])]; "
+            "print(*codes, 'docker' in sys.modules, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert result.stdout.split() == ["0", "0", "False", "False"], result.stderr

@@ -280,7 +280,10 @@ def run(task_name: str, subtask: str, args: list[str], mounts: str | None = None
     try:
         container = handle.containers.create(image, **kwargs)
     except docker.errors.APIError as exc:
-        raise TaoctlError(f"docker could not create the container: {exc.explanation or exc}") from exc
+        reason = str(exc.explanation or exc)
+        if "device driver" in reason:
+            reason += " (GPU containers need the NVIDIA Container Toolkit on this host)"
+        raise TaoctlError(f"docker could not create the container: {reason}") from exc
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         # Attached before it starts, so no output is lost and a task that ends at once
