@@ -254,6 +254,9 @@ def test_container_spec_without_docker(project, monkeypatch):
     assert kwargs["user"] == f"{os.getuid()}:{os.getgid()}" and "device_requests" not in kwargs
     assert kwargs["command"][-2:] == ["--gpus", "2"]
     assert notices == ["no GPU on this host; the task runs on CPU"]
+    # `run <cmd>` gets every GPU of a GPU host and its arguments untouched.
+    kwargs, notices = docker_runtime.container_spec(task, "run", ["nvidia-smi", "--gpus", "1"], plain, gpu_count=2)
+    assert kwargs["device_requests"][0]["Count"] == -1 and kwargs["command"] == ["nvidia-smi", "--gpus", "1"]
 
 
 def test_launcher_commands_do_not_import_the_docker_sdk():

@@ -82,10 +82,10 @@ def reachable(timeout: float = 1.0) -> bool:
         if url.scheme == "unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             address = url.path
-        elif url.scheme in ("tcp", "http"):
+        elif url.scheme in ("tcp", "http") and not os.environ.get("DOCKER_TLS_VERIFY"):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             address = (url.hostname, url.port or 2375)
-        else:  # ssh://, https with TLS ...: leave it to the SDK
+        else:  # ssh://, TLS ...: leave it to the SDK
             return client_or_none() is not None
         with sock:
             sock.settimeout(timeout)
@@ -194,6 +194,13 @@ def _results_dir(args: list[str]) -> str:
     return ""
 
 
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (e.g. inside a container)
+        return str(os.getuid())
+
+
 def _interrupt(signum, _frame):
     raise KeyboardInterrupt(signum)
 
@@ -217,7 +224,7 @@ def container_spec(task: registry.Task, subtask: str, args: list[str], config: m
         environment={"HOME": "/tmp", **config.envs},
         mounts=[Mount(m.destination, m.source, type="bind") for m in translator.mounts + translator.added],
         labels={LABEL: __version__, "taoctl.task": task.name, "taoctl.subtask": subtask,
-                "taoctl.user": getpass.getuser(), "taoctl.uid": str(os.getuid()),
+                "taoctl.user": _user_name(), "taoctl.uid": str(os.getuid()),
                 "taoctl.results_dir": _results_dir(args)},
         tty=bool(options.get("tty", False)),
         privileged=bool(options.get("privileged", False)),
@@ -234,6 +241,8 @@ def container_spec(task: registry.Task, subtask: str, args: list[str], config: m
         kwargs["ulimits"] = [Ulimit(name=k, soft=v, hard=v) for k, v in options["ulimits"].items()]
     if gpu_ids:
         kwargs["device_requests"] = [DeviceRequest(device_ids=gpu_ids, capabilities=[["gpu"]])]
+    elif is_run and gpu_count:  # `run <cmd>` is a shell into the environment: every GPU, as in TAO
+        kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
     notices = []
     if not is_run and gpu_ids is None:
         notices.append("no GPU on this host; the task runs on CPU")
@@ -248,13 +257,14 @@ def plan_text(task_name: str, subtask: str, args: list[str], mounts: str | None 
     config = mounts_mod.load(mounts_mod.find_file(mounts))
     kwargs, notices = container_spec(task, subtask, args, config, auto_mount, host_gpu_count())
     requests = kwargs.get("device_requests")
+    gpus = (", ".join(requests[0]["DeviceIDs"]) or "all") if requests else "none (CPU)"
     binds = ", ".join(f"{m['Source']} -> {m['Target']}" for m in kwargs["mounts"]) or "none"
     return "\n".join(["Plan (dry run, nothing is executed):",
                       "  runtime: docker",
                       f"  image:   {images.image_for(task, image)}",
                       f"  mounts:  {binds} (from {config.path or 'no mounts file'})",
                       f"  user:    {kwargs['user']}",
-                      f"  gpus:    {', '.join(requests[0]['DeviceIDs']) if requests else 'none (CPU)'}",
+                      f"  gpus:    {gpus}",
                       f"  workdir: {kwargs.get('working_dir', 'the image default')}",
                       f"  command: {shlex.join(kwargs['command'])}",
                       *(f"  note:    {n}" for n in notices)])
