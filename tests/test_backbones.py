@@ -166,3 +166,22 @@ def test_original_defaults_follow_the_network():
     assert isinstance(create_model("darknet19", 3).stem[2], nn.LeakyReLU)
     assert isinstance(create_model("efficientnet_b0", 3).features[0][2], nn.SiLU)
     assert isinstance(create_model("efficientnet_lite0", 3).features[0][2], nn.ReLU6)
+
+
+@pytest.mark.parametrize("ours, theirs, kwargs", [
+    ("resnet50", "resnet50", {}),
+    ("vgg16", "vgg16_bn", {"use_batch_norm": True, "retain_head": True}),
+    ("mobilenet_v2", "mobilenet_v2", {}),
+    ("efficientnet_b0", "efficientnet_b0", {}),
+])
+def test_same_network_as_torchvision(ours, theirs, kwargs):
+    """torchvision's state dict loads strictly and both compute the same function."""
+    from taoctl.engine.tvcompat import import_torchvision
+
+    reference = getattr(import_torchvision().models, theirs)().eval()
+    model = create_model(ours, 1000, **kwargs).eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    size = 224 if kwargs.get("retain_head") else 64  # VGG's fc6 expects the 224 px map
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-4)

@@ -57,6 +57,9 @@ class LoadReport:
     def missing_backbone(self) -> list[str]:
         return [k for k in self.missing if k not in self.head_keys]
 
+    def __str__(self) -> str:
+        return self.summary()
+
     def summary(self) -> str:
         parts = [f"pretrained weights {self.source}: {len(self.loaded)} tensors loaded",
                  f"{len(self.missing)} missing", f"{len(self.unexpected)} unexpected",
