@@ -126,6 +126,16 @@ def test_relative_paths_resolve_against_the_host_cwd(project):
     assert t.working_dir() == "/workspace/exp"
 
 
+def test_hydra_overrides_are_translated(project):
+    t = translator(project)
+    assert t.translate_args(["-e", "/specs/train.txt", f"results_dir={project}/project/out",
+                             f"dataset.train_data_sources={project}/data/train", "train.num_epochs=3"]) == [
+        "-e", "/specs/train.txt", "results_dir=/workspace/exp/out", "dataset.train_data_sources=/data/train",
+        "train.num_epochs=3"]
+    with pytest.raises(TaoctlError, match="path /elsewhere/x is outside every mount"):
+        t.translate_args(["results_dir=/elsewhere/x"])
+
+
 def test_container_paths_pass_unchanged(project):
     t = translator(project)
     assert t.translate_args(["-e", "/workspace/exp/specs/train.txt", "-r", "/data/out"]) == [

@@ -26,15 +26,17 @@ DOCKER_OPTION_KEYS = ("user", "ports", "shm_size", "ulimits", "privileged", "net
 
 # Flags whose value is a path even when it is relative (TAO's entrypoints: -e spec, -r results...).
 PATH_FLAGS = frozenset({
-    "-e", "--experiment_spec", "--experiment_spec_file", "-r", "--results_dir", "-m", "--model",
-    "--model_path", "-o", "--output", "--output_file", "--output_path", "--output_dir", "-i",
-    "--image", "--image_dir", "--image_folders", "-l", "--label_dir", "--label_folders", "-cm",
-    "--classmap", "--classmap_json", "--log_file", "-a", "--cal_image_dir", "--cal_cache_file",
-    "--cal_data_file", "--cal_json_file", "-d", "--data_dir", "--dataset_export_spec",
+    "-e", "--experiment_spec", "--experiment_spec_file", "--experiment_spec_path", "-r", "--results_dir",
+    "-m", "--model", "--model_path", "-o", "--output", "--output_file", "--output_filename",
+    "--output_path", "--output_dir", "-i", "--image", "--image_dir", "--image_folders", "-l",
+    "--label_dir", "--label_folders", "-c", "-cm", "--classmap", "--classmap_json", "--log_file", "-a",
+    "--cal_image_dir", "--cal_cache_file", "--cal_data_file", "--cal_json_file", "--engine_file", "-d",
+    "--data_dir", "--dataset_export_spec",
 })
 # Of those, the ones naming something the task creates: translated even when missing on the host.
-OUTPUT_FLAGS = frozenset({"-r", "--results_dir", "-o", "--output", "--output_file", "--output_path",
-                          "--output_dir", "--log_file", "--cal_cache_file", "--cal_data_file"})
+OUTPUT_FLAGS = frozenset({"-r", "--results_dir", "-o", "--output", "--output_file", "--output_filename",
+                          "--output_path", "--output_dir", "--log_file", "--cal_cache_file", "--cal_data_file",
+                          "--engine_file"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,8 +224,9 @@ def is_container_path(path: str, mounts: list[Mount]) -> bool:
 class Translator:
     """Rewrites a subtask's path arguments from host paths to container paths.
 
-    An absolute argument, or the value of a path flag (``-e``, ``-r`` ...) that exists on the
-    host or names an output, is a path argument. A host path under a mount source becomes its
+    An absolute argument (also as the value of a Hydra override ``key=/path``), or the value
+    of a path flag (``-e``, ``-r`` ...) that exists on the host or names an output, is a path
+    argument. A host path under a mount source becomes its
     container path; a path already under a mount destination passes unchanged; any other path
     is an error naming it and the mounts, or with ``auto_mount`` is mounted at the same path.
     """
@@ -249,6 +252,11 @@ class Translator:
                     flag = None
                 else:
                     out.append(arg)
+                continue
+            key, eq, value = arg.partition("=")
+            if eq and value.startswith("/") and key.replace(".", "_").isidentifier():
+                # A TAO 5 / Hydra override such as results_dir=/path or dataset.train_dir=/path.
+                out.append(f"{key}={self._value(value, key, strict)}")
                 continue
             out.append(self._value(arg, flag, strict))
             if flag in OUTPUT_FLAGS:
