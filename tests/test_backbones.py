@@ -146,6 +146,25 @@ def test_onnx_export_matches_torch(tmp_path, name, kwargs):
     assert abs(got - want).max() < 1e-3
 
 
+@pytest.mark.slow  # 5-30 s per network on 2 cores
+@pytest.mark.parametrize("name", ["resnet10", "mobilenet_v2", "efficientnet_lite0", "googlenet",
+                                  "cspdarknet19", "squeezenet", "alexnet"])
+def test_dynamo_onnx_export(tmp_path, name):
+    """The exporter taoctl's export subtasks use (dynamo, dynamic batch)."""
+    import onnxruntime as ort
+
+    model = create_model(name, 4, input_image_size="1,32,32").eval()
+    x = torch.randn(3, 1, 32, 32)
+    program = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"],
+                                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},),
+                                external_data=False, verbose=False)
+    program.save(str(tmp_path / "m.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        assert abs(got - model(x).numpy()).max() < 1e-3
+
+
 def test_retain_head_keeps_original_layers():
     vgg = create_model("vgg16", 3, retain_head=True)
     assert [m.out_features for m in vgg.classifier if isinstance(m, nn.Linear)] == [4096, 4096, 3]
