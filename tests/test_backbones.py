@@ -7,8 +7,10 @@ from torch import nn
 from taoctl.engine.backbones import create_model, list_models, resolve_arch
 from taoctl.errors import TaoctlError
 
-# The biggest EfficientNets take several seconds per step on 2 cores; the rest stay fast.
-SLOW = {"efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7"}
+# The biggest networks take seconds per step on 2 cores; smaller siblings of the same code
+# (efficientnet_b0-b2, resnet50) keep them covered in the fast run.
+SLOW = {"efficientnet_b3", "efficientnet_b4", "efficientnet_b5", "efficientnet_b6",
+        "efficientnet_b7", "resnet101"}
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in list_models()]
 SIZE = 16
 
@@ -68,6 +70,10 @@ def test_resnet_options_change_structure():
     assert isinstance(proj.maxpool, nn.Identity) and proj.layer1[0].conv1.stride == (2, 2)
     x = torch.randn(1, 3, 64, 64)
     assert plain.eval().forward_features(x).shape == proj.eval().forward_features(x).shape
+    mv2 = create_model("mobilenet_v2", 2, all_projections=True)
+    assert isinstance(mv2.features[3].shortcut, nn.Conv2d)  # 24 -> 24, stride 1: a residual
+    assert isinstance(mv2.features[2].shortcut, nn.Identity)  # 16 -> 24: no residual at all
+    assert isinstance(create_model("mobilenet_v2", 2).features[3].shortcut, nn.Identity)
     nobn = create_model("resnet18", 2, use_batch_norm=False, use_bias=True)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in nobn.modules())
     assert nobn.conv1.bias is not None

@@ -12,7 +12,9 @@ the modules of each TAO block (index 0 the stem; what ``freeze_blocks`` counts) 
 (batch norm, no conv bias, max-pool stem, the network's own activation), so torchvision/timm
 ImageNet weights load onto ``create_model(name)`` unchanged.
 
-Which options change which networks: ``all_projections`` and ``use_pooling`` apply to ResNet;
+Which options change which networks: ``all_projections`` applies to ResNet (every shortcut
+a 1x1 conv + norm) and MobileNet v2 (every residual through a 1x1 conv), ``use_pooling`` to
+ResNet and VGG (max-pool, or strided convs without it);
 ``retain_head`` keeps VGG's/AlexNet's fc6-fc7 and SqueezeNet's/DarkNet's convolutional
 classifier (the others' original head already is pool + dense); ``activation`` replaces every
 hidden activation of any network; ``dropout`` replaces the rate before the last layer.

@@ -9,7 +9,11 @@ from ._base import Backbone, BuildOptions, init_weights, make_divisible
 
 
 class InvertedResidual(nn.Module):
-    """Expand 1x1, depthwise 3x3, linear project 1x1; residual when the shape is kept."""
+    """Expand 1x1, depthwise 3x3, linear project 1x1; residual when the shape is kept.
+
+    With TAO's ``all_projections`` the residual goes through a 1x1 conv (``shortcut``), so
+    that pruning may change every block's width independently.
+    """
 
     def __init__(self, o: BuildOptions, cin, cout, stride, expand_ratio):
         super().__init__()
@@ -23,9 +27,11 @@ class InvertedResidual(nn.Module):
         if o.use_batch_norm:
             layers.append(o.norm(cout))
         self.conv = nn.Sequential(*layers)
+        self.shortcut = (nn.Conv2d(cin, cout, 1, bias=False)
+                         if self.use_res_connect and o.all_projections else nn.Identity())
 
     def forward(self, x):
-        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+        return self.shortcut(x) + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
 class MobileNetV2(Backbone):

@@ -2,7 +2,9 @@
 
 TAO's two ResNet switches: ``use_pooling`` (max-pool after the stem; without it the first
 block of layer1 strides by 2 instead) and ``all_projections`` (every block's shortcut is a
-1x1 conv + norm, not only the blocks that change shape).
+1x1 conv + norm, not only the blocks that change shape). Without it, shortcuts are projected
+where the shape changes, as in torchvision (TAO's Keras ResNet also projects layer1's first
+block when the shape is kept; its weights could not be used here anyway).
 """
 
 from __future__ import annotations
