@@ -2,7 +2,8 @@
 # Docker engine for taoctl's docker tests, on a machine that may have none.
 #
 #   .ci/docker.sh up      install docker.io if absent, start dockerd if it is not running,
-#                         build the local base image (no registry is reachable) if it is missing
+#                         build the local base image (no registry is reachable) if it is missing;
+#                         the last line on stdout is "started" if it started dockerd, else "running"
 #   .ci/docker.sh down    stop dockerd only if `up` started it
 #   .ci/docker.sh base    (re)build only the base image
 #
@@ -37,6 +38,8 @@ install_docker() {
     apt-get install -y -q --no-install-recommends docker.io >/dev/null
 }
 
+STARTED=running
+
 start_dockerd() {
     reachable && return
     as_root "start dockerd"
@@ -48,6 +51,7 @@ start_dockerd() {
     for _ in $(seq 1 60); do
         if reachable; then
             echo "dockerd_pid=$pid" >"$STATE"
+            STARTED=started
             return
         fi
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -91,6 +95,7 @@ case "${1:-}" in
         start_dockerd
         ensure_base
         say "docker ready at ${DOCKER_HOST:-unix:///var/run/docker.sock}; base image $BASE_IMAGE"
+        echo "$STARTED"
         ;;
     down)
         if [ -f "$STATE" ]; then
