@@ -152,6 +152,9 @@ def test_refuses_pickled_objects_and_foreign_files(tmp_path):
     torch.save(create_model("resnet10", 2), pickled)  # a pickled nn.Module, not a state dict
     with pytest.raises(TaoctlError, match="refusing to unpickle"):
         pre.load_pretrained(create_model("resnet10", 2), pickled, log=None)
+    torch.save({"epoch": 1, "optimizer": {"lr": 0.1}}, tmp_path / "optimizer.pth")
+    with pytest.raises(TaoctlError, match="holds no state dict"):
+        pre.load_pretrained(create_model("resnet10", 2), tmp_path / "optimizer.pth", log=None)
     with pytest.raises(TaoctlError, match="not found"):
         pre.load_pretrained(create_model("resnet10", 2), tmp_path / "nope.pth", log=None)
     with pytest.raises(TaoctlError, match="Keras HDF5"):

@@ -77,17 +77,12 @@ class LoadReport:
 # --------------------------------------------------------------------------- reading sources
 def _unwrap(obj, path) -> dict[str, torch.Tensor]:
     """The tensor dict inside common checkpoint wrappers ({'state_dict': ...}, {'model': ...})."""
-    for _ in range(3):
-        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        if isinstance(obj, dict):
-            inner = next((obj[k] for k in ("state_dict", "model_state_dict", "model", "net",
-                                           "weights") if isinstance(obj.get(k), dict)), None)
-            if inner is not None:
-                obj = inner
-                continue
+    while isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        obj = next((obj[k] for k in ("state_dict", "model_state_dict", "model", "net", "weights")
+                    if isinstance(obj.get(k), dict)), None)
+    if not isinstance(obj, dict) or not obj:
         raise TaoctlError(f"{path} holds no state dict (a mapping of names to tensors)")
-    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    state = dict(obj)
     if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     return state

@@ -117,9 +117,12 @@ class Backbone(nn.Module):
     """A classification network with TAO's freezing rules and named layer groups.
 
     Subclasses set ``head_name`` (dotted name of the last layer, the one re-initialised
-    for a new class count and left alone by pruning) and ``block_names`` (for each TAO block
-    index, the dotted names of the modules it contains; index 0 is the stem). ``features``
-    runs everything up to the classifier, ``forward`` the whole network.
+    for a new class count and left alone by pruning), ``block_names`` (for each TAO block
+    index, the dotted names of the modules it contains; index 0 is the stem, empty where TAO
+    numbers from 1) and ``num_features`` (channels of the last feature map).
+    ``forward_features`` runs everything up to the classifier, ``forward`` the whole network.
+    ``create_model`` also records ``input_shape`` (C, H, W), ``num_classes`` and
+    ``build_options`` on the instance.
     """
 
     arch: str = ""
@@ -207,8 +210,3 @@ def init_weights(model: nn.Module) -> None:
             bound = 1.0 / math.sqrt(m.in_features)
             nn.init.uniform_(m.weight, -bound, bound)
             nn.init.zeros_(m.bias)
-
-
-def global_pool_head(options: BuildOptions, num_features: int, num_classes: int, dropout: float):
-    """TAO's classification head: global average pool, dropout, dense (``classifier.1`` is the dense)."""
-    return nn.Sequential(options.drop(dropout), nn.Linear(num_features, num_classes))
