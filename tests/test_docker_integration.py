@@ -61,16 +61,25 @@ def engine(tmp_path_factory):
         reason = (up.stderr.strip().splitlines() or ["no output"])[-1]
         print(f"\nSKIPPED docker tests: dockerd cannot start here: {reason}", file=sys.stderr)
         pytest.skip(f"dockerd cannot start here: {reason}")
-    started = time.monotonic()
-    build = subprocess.run([sys.executable, "-m", "taoctl.launcher.cli", "images", "build", "vision",
-                            "--base", BASE_IMAGE, "--tag", TEST_IMAGE, "--wheels", str(_wheelhouse())],
-                           capture_output=True, text=True)
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    print(f"\n{TEST_IMAGE} ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    again = subprocess.run(build.args, capture_output=True, text=True)
-    assert again.returncode == 0 and f"{TEST_IMAGE} is up to date" in again.stdout, again.stdout + again.stderr
-    yield
-    subprocess.run([str(ROOT / ".ci" / "docker.sh"), "down"], env=env, check=False)
+    try:
+        started = time.monotonic()
+        command = [sys.executable, "-m", "taoctl.launcher.cli", "images", "build", "vision", "--base", BASE_IMAGE,
+                   "--tag", TEST_IMAGE, "--wheels", str(_wheelhouse())]
+        build = subprocess.run(command, capture_output=True, text=True)
+        assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+        print(f"\n{TEST_IMAGE} ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        # Built again from the same context, the image is reused. A second try allows for a file
+        # of a shared checkout that someone saved between the two builds.
+        for _ in range(2):
+            again = subprocess.run(command, capture_output=True, text=True)
+            assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+            if f"{TEST_IMAGE} is up to date" in again.stdout:
+                break
+        else:
+            raise AssertionError(f"{TEST_IMAGE} was rebuilt from an unchanged context:\n{again.stdout[-3000:]}")
+        yield
+    finally:
+        subprocess.run([str(ROOT / ".ci" / "docker.sh"), "down"], env=env, check=False)
 
 
 def _world_reachable(path: str) -> bool:
