@@ -87,7 +87,7 @@ def _world_reachable(path: str) -> bool:
     return all(os.stat(p).st_mode & 0o001 for p in parts) and os.stat(path).st_mode & 0o001
 
 
-def _python_for(uid: int) -> tuple[list[str], dict] | None:
+def _python_for() -> tuple[list[str], dict] | None:
     """A Python the unprivileged test user can execute, with this venv's packages."""
     if _world_reachable(os.path.realpath(sys.executable)):
         return [sys.executable], {}
@@ -103,8 +103,8 @@ def _python_for(uid: int) -> tuple[list[str], dict] | None:
 @pytest.fixture
 def user(engine):
     """A host user for the launcher: its home, its config (the test image) and its runner."""
-    as_other = os.getuid() == 0 and _python_for(HOST_UID) is not None
-    python, extra_env = _python_for(HOST_UID) if as_other else ([sys.executable], {})
+    as_other = os.getuid() == 0 and _python_for() is not None
+    python, extra_env = _python_for() if as_other else ([sys.executable], {})
     # Not pytest's tmp_path: its parent is private to the user running the tests.
     tmp = Path(tempfile.mkdtemp(prefix="taoctl-docker-test-"))
     tmp.chmod(0o755)
