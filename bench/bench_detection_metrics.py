@@ -9,8 +9,6 @@ Run: .venv/bin/python bench/bench_detection_metrics.py [--images N] [--dets M]
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import sys
 import time
 from pathlib import Path
@@ -19,45 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from test_detection_metrics import _coco_101, random_dataset  # noqa: E402
+from test_detection_metrics import _coco_101, coco_eval, random_dataset  # noqa: E402
 
 from taoctl.engine.metrics import detection as dm  # noqa: E402
-
-
-def coco_eval(targets, dets, num_classes, single_threshold):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    images, anns, results = [], [], []
-    for i, (t, d) in enumerate(zip(targets, dets)):
-        images.append({"id": i, "width": 640, "height": 640})
-        for b, c in zip(t.boxes, t.classes):
-            w, h = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(c) + 1, "iscrowd": 0,
-                         "bbox": [float(b[0]), float(b[1]), float(w), float(h)], "area": float(w * h)})
-        for b, c, s in zip(d.boxes, d.classes, d.scores):
-            results.append({"image_id": i, "category_id": int(c) + 1, "score": float(s),
-                            "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
-    with contextlib.redirect_stdout(io.StringIO()):
-        start = time.perf_counter()
-        gt = COCO()
-        gt.dataset = {"images": images, "annotations": anns,
-                      "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]}
-        gt.createIndex()
-        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
-        if single_threshold:
-            evaluator.params.iouThrs = np.array([0.5])
-            evaluator.params.areaRng = [[0, 1e10]]
-            evaluator.params.areaRngLbl = ["all"]
-            evaluator.params.maxDets = [100]
-        evaluator.evaluate()
-        evaluator.accumulate()
-        elapsed = time.perf_counter() - start
-    iou50 = list(evaluator.params.iouThrs).index(0.5)
-    area_all = 0
-    max_dets = len(evaluator.params.maxDets) - 1
-    precision = evaluator.eval["precision"][iou50, :, :, area_all, max_dets]
-    return elapsed, [float(np.mean(precision[:, k])) for k in range(num_classes)]
 
 
 def main() -> None:

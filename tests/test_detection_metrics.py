@@ -1,6 +1,9 @@
 """Detection AP: a hand-computed VOC2007 case, a brute-force property test, and pycocotools at IoU 0.5."""
 
+import contextlib
+import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -183,8 +186,12 @@ def random_dataset(rng, n_images, dets_per_image, num_classes=3, size=640):
     return targets, dets
 
 
-def coco_ap50(targets, dets, num_classes):
-    """pycocotools' per-class AP at IoU 0.5, all areas, up to 100 detections per image."""
+def coco_eval(targets, dets, num_classes, single_threshold=True):
+    """pycocotools' per-class AP at IoU 0.5 (all areas, up to 100 detections per image) and its run time.
+
+    ``single_threshold`` asks it for IoU 0.5 alone; otherwise it runs its usual ten thresholds
+    0.5:0.95 (the bench times both). Also used by bench/bench_detection_metrics.py.
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -198,27 +205,32 @@ def coco_ap50(targets, dets, num_classes):
         for b, c, s in zip(d.boxes, d.classes, d.scores):
             results.append({"image_id": i, "category_id": int(c) + 1, "score": float(s),
                             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
-    gt = COCO()
-    gt.dataset = {"images": images, "annotations": anns,
-                  "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]}
-    gt.createIndex()
-    evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
-    evaluator.params.iouThrs = np.array([0.5])
-    evaluator.params.areaRng = [[0, 1e10]]
-    evaluator.params.areaRngLbl = ["all"]
-    evaluator.params.maxDets = [100]
-    evaluator.evaluate()
-    evaluator.accumulate()
-    precision = evaluator.eval["precision"][0, :, :, 0, 0]  # (101 recall thresholds, classes)
-    return [float(np.mean(precision[:, k])) for k in range(num_classes)]
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        start = time.perf_counter()
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": anns,
+                      "categories": [{"id": k + 1, "name": str(k)} for k in range(num_classes)]}
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+        if single_threshold:
+            evaluator.params.iouThrs = np.array([0.5])
+            evaluator.params.areaRng = [[0, 1e10]]
+            evaluator.params.areaRngLbl = ["all"]
+            evaluator.params.maxDets = [100]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        elapsed = time.perf_counter() - start
+    iou50 = list(evaluator.params.iouThrs).index(0.5)
+    # precision: (IoU thresholds, 101 recall thresholds, classes, area ranges, max-dets settings)
+    precision = evaluator.eval["precision"][iou50, :, :, 0, len(evaluator.params.maxDets) - 1]
+    return elapsed, [float(np.mean(precision[:, k])) for k in range(num_classes)]
 
 
-def test_agrees_with_pycocotools_at_iou_05(capsys):
+def test_agrees_with_pycocotools_at_iou_05():
     pytest.importorskip("pycocotools")
     targets, dets = random_dataset(np.random.default_rng(0), 300, 20)
     ours = dm.evaluate(targets, dets, ["0", "1", "2"], mode="INTEGRATE", min_confidence=0.0)
-    theirs = coco_ap50(targets, dets, 3)
-    capsys.readouterr()  # pycocotools prints progress
+    _, theirs = coco_eval(targets, dets, 3)
     for c, coco_ap in zip(ours.classes, theirs):
         # Same matches: our PR curve interpolated COCO's way gives COCO's number ...
         assert _coco_101(c.precision, c.recall) == pytest.approx(coco_ap, abs=1e-3)
