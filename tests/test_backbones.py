@@ -121,6 +121,8 @@ def test_tao_arch_spellings():
     assert resolve_arch("resnet", 50) == "resnet50"
     assert resolve_arch("ResNet18") == "resnet18"
     assert resolve_arch("mobilenet_v2", 0) == "mobilenet_v2"
+    assert resolve_arch("cspdarknet_tiny") == "cspdarknet_tiny"
+    assert resolve_arch("efficientnet:b1") == "efficientnet_b1"
 
 
 def test_list_models_pattern():

@@ -218,7 +218,7 @@ def _register_all() -> None:
     register(ModelEntry("mobilenet_v2", "mobilenet_v2", None, mobilenet.MobileNetV2,
                         activation="relu6"))
     for family, n in darknet.STAGES:
-        register(ModelEntry(f"{family}{n}", family, n,
+        register(ModelEntry(family if n is None else f"{family}{n}", family, n,
                             lambda nc, o, f=family, n=n: darknet.DarkNet(f, n, nc, o),
                             activation="leaky_relu", activation_parameters=(("alpha", 0.1),)))
     for name, (_, _, _, lite) in efficientnet.VARIANTS.items():

@@ -1,6 +1,7 @@
-"""DarkNet 19/53 (YOLOv2/v3 backbones) and CSPDarkNet 19/53 (YOLOv4), laid out as TAO's.
+"""DarkNet 19/53 (YOLOv2/v3 backbones), CSPDarkNet 19/53 (YOLOv4) and CSPDarkNet-tiny
+(YOLOv4-tiny), laid out as TAO's.
 
-Blocks: 0 is the first 3x3 conv, 1-5 the five downsampling stages. The default activation
+Blocks: 0 is the first 3x3 conv, 1-5 the five stages that follow (TAO's numbering). The default activation
 is TAO's leaky ReLU (alpha 0.1). ``retain_head`` keeps DarkNet's own classifier, a 1x1 conv
 to the classes followed by global average pooling.
 """
@@ -93,14 +94,51 @@ def _cspdarknet19_stages(o: BuildOptions):
     return stages, cin
 
 
+class CSPTinyBlock(nn.Module):
+    """YOLOv4-tiny's block: the second half of a 3x3 conv's channels runs two more 3x3 convs,
+    whose outputs are fused by a 1x1 conv, joined to the whole first conv and max-pooled.
+
+    The first conv is held as its two halves (``conv0a``, ``conv0b``: the same function as one
+    conv followed by a channel split) so that pruning can narrow each half on its own.
+    """
+
+    def __init__(self, o: BuildOptions, cin, width):
+        super().__init__()
+        self.conv0a = o.conv_norm_act(cin, width // 2, 3)
+        self.conv0b = o.conv_norm_act(cin, width // 2, 3)
+        self.conv1 = o.conv_norm_act(width // 2, width // 2, 3)
+        self.conv2 = o.conv_norm_act(width // 2, width // 2, 3)
+        self.conv3 = o.conv_norm_act(width, width, 1)
+        self.pool = nn.MaxPool2d(2, 2, ceil_mode=True)
+
+    def forward(self, x):
+        second = self.conv0b(x)
+        part = self.conv1(second)
+        fused = self.conv3(torch.cat([self.conv2(part), part], 1))
+        return self.pool(torch.cat([self.conv0a(x), second, fused], 1))
+
+
+def _cspdarknet_tiny_stages(o: BuildOptions):
+    # The stem (32, stride 2) is shared; then a strided 64 conv, three tiny CSP blocks, a 3x3 512.
+    stages = [o.conv_norm_act(32, 64, 3, 2)]
+    cin = 64
+    for width in (64, 128, 256):
+        stages.append(CSPTinyBlock(o, cin, width))
+        cin = 2 * width
+    stages.append(o.conv_norm_act(cin, 512, 3))
+    return stages, 512
+
+
 STAGES = {("darknet", 19): _darknet19_stages, ("darknet", 53): _darknet53_stages,
-          ("cspdarknet", 19): _cspdarknet19_stages, ("cspdarknet", 53): _cspdarknet53_stages}
+          ("cspdarknet", 19): _cspdarknet19_stages, ("cspdarknet", 53): _cspdarknet53_stages,
+          ("cspdarknet_tiny", None): _cspdarknet_tiny_stages}
 
 
 class DarkNet(Backbone):
-    def __init__(self, family: str, n_layers: int, num_classes: int, o: BuildOptions):
+    def __init__(self, family: str, n_layers: int | None, num_classes: int, o: BuildOptions):
         super().__init__()
-        self.stem = o.conv_norm_act(o.in_chans, 32, 3)
+        # YOLOv4-tiny halves the resolution in its first conv already.
+        self.stem = o.conv_norm_act(o.in_chans, 32, 3, 2 if family == "cspdarknet_tiny" else 1)
         stages, cin = STAGES[family, n_layers](o)
         for i, stage in enumerate(stages):
             setattr(self, f"stage{i + 1}", stage)
