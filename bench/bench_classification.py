@@ -8,7 +8,9 @@
 2. ONNX fp32 (onnxruntime) vs eager PyTorch at batch 1 and 16 (target >= 3x);
 3. ONNX int8 (QDQ, calibrated on --images) vs ONNX fp32 at batch 16 (target >= 1.5x);
 4. every --pruned model's eager latency vs the unpruned model's, batch 16.
-Latencies are medians over --repeats runs after a warm-up, all with the same thread count.
+Latencies are medians over --repeats runs after a warm-up, all with the same thread count. On a
+machine other jobs share, PyTorch's OpenMP threads wait on busy cores and eager latency swings
+by 100x (15 ms to 2 s for mobilenet_v2 at batch 1): read ratios from a quiet machine or use --threads 1.
 """
 
 from __future__ import annotations
@@ -104,8 +106,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train_batch", type=int, default=16)
     parser.add_argument("--train_steps", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for PyTorch and onnxruntime alike (default: PyTorch's); on a shared "
+                             "machine fewer threads than cores avoids OpenMP oversubscription")
     args = parser.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     model, manifest = common.load_classifier(args.model, args.key)
     shape = tuple(manifest["input_shape"])

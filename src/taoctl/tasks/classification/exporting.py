@@ -15,7 +15,7 @@ from taoctl.errors import TaoctlError
 from taoctl.tasks.classification import common
 
 
-def _image_paths(model_manifest: dict, cal_image_dir: str | None, experiment) -> list[str]:
+def _image_paths(cal_image_dir: str | None, experiment) -> list[str]:
     """Real images for calibration and the PyTorch/ONNX check: --cal_image_dir, else the spec's data."""
     candidates = [cal_image_dir] if cal_image_dir else []
     if experiment is not None:
@@ -68,7 +68,7 @@ def run_export(model_path, output_file, key, experiment_spec, data_type, cal_ima
 
     center = bool(experiment.eval_config.enable_center_crop) if experiment is not None else True
     mode = "center" if center else "resize"
-    paths = _image_paths(manifest, cal_image_dir, experiment)
+    paths = _image_paths(cal_image_dir, experiment)
     check_images, skipped = _load_batch(paths[:16], shape, interp, mode, strict)
     if len(check_images):
         sample = torch.from_numpy(normalizer.numpy(check_images))
