@@ -25,15 +25,10 @@ import torch
 from torch import nn
 
 from taoctl.errors import TaoctlError
+from taoctl.fileio import atomic_path, write_atomic
 
 # TensorRT 8.6's calibration-cache header; TensorRT reads the ranges regardless of the version digits.
 TRT_CACHE_HEADER = "TRT-8601-EntropyCalibration2"
-
-
-def _tmp_beside(path: Path, suffix: str) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return Path(name)
 
 
 class _WithSoftmax(nn.Module):
@@ -61,20 +56,15 @@ def export_onnx(model: nn.Module, path, input_shape: tuple[int, int, int], sampl
     if sample is None:
         sample = torch.randn(2, *input_shape)
     dummy = sample[:2] if len(sample) >= 2 else torch.cat([sample, sample])
-    tmp = _tmp_beside(path, ".onnx")
-    try:
-        import warnings
+    import warnings
 
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                wrapped, (dummy,), dynamo=True, input_names=[input_name], output_names=[output_name],
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), opset_version=opset,
-                external_data=False, verbose=False)
-            program.save(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapped, (dummy,), dynamo=True, input_names=[input_name], output_names=[output_name],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), opset_version=opset,
+            external_data=False, verbose=False)
+        program.save(str(tmp))
     with torch.no_grad():
         expected = wrapped(sample).numpy()
     actual = run_onnx(path, sample.numpy())
@@ -113,13 +103,8 @@ def convert_fp16(src, dst) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    dst = Path(dst)
-    tmp = _tmp_beside(dst, ".onnx")
-    try:
+    with atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _Reader:
@@ -147,7 +132,12 @@ def quantize_int8(fp32_path, int8_path, batches: Iterable[np.ndarray], cache_pat
     ``batches``: normalised float32 calibration batches. ``method``: minmax, entropy or percentile.
     """
     import onnx
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.calibrate import create_calibrator
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -188,11 +178,7 @@ def write_trt_cache(path, ranges: dict[str, tuple[float, float]]) -> None:
     for name, (low, high) in sorted(ranges.items()):
         scale = max(abs(low), abs(high)) / 127.0
         lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_beside(path, ".txt")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(lines) + "\n")
 
 
 def read_trt_cache(path) -> dict[str, float]:
@@ -235,10 +221,7 @@ def build_tensorrt_engine(onnx_path, engine_path, data_type: str = "fp32", max_b
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TaoctlError(f"TensorRT failed to build an engine from {onnx_path}")
-    engine_path = Path(engine_path)
-    tmp = _tmp_beside(engine_path, ".engine")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, engine_path)
+    write_atomic(engine_path, bytes(serialized))
 
 
 def deepstream_config(path, onnx_file: str, labels_file: str, normalizer: dict, input_shape: tuple[int, int, int],
@@ -263,7 +246,4 @@ def deepstream_config(path, onnx_file: str, labels_file: str, normalizer: dict, 
         lines.append(f"model-engine-file={engine_file}")
     if cal_cache and data_type == "int8":
         lines.append(f"int8-calib-file={cal_cache}")
-    path = Path(path)
-    tmp = _tmp_beside(path, ".txt")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(lines) + "\n")

@@ -33,6 +33,7 @@ from torch import nn
 
 from taoctl import __version__
 from taoctl.errors import TaoctlError
+from taoctl.fileio import write_atomic
 
 FORMAT = "taoctl-model"
 FORMAT_VERSION = 1
@@ -71,28 +72,13 @@ def _decrypt(blob: bytes, key: str | None, path: Path) -> bytes:
 
 
 # --------------------------------------------------------------------------- archive
-def write_atomic_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes so that readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_archive(path, members: dict[str, bytes], key: str | None = None) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for name, data in members.items():
             archive.writestr(name, data)
     data = buffer.getvalue()
-    write_atomic_bytes(path, _encrypt(data, key) if key else data)
+    write_atomic(path, _encrypt(data, key) if key else data)
 
 
 def read_archive(path, key: str | None = None) -> dict[str, bytes]:

@@ -38,6 +38,7 @@ from torch import nn
 from taoctl.engine import distributed, modelfile
 from taoctl.engine.device import amp_enabled
 from taoctl.errors import TaoctlError
+from taoctl.fileio import write_atomic
 
 RUN_FILE = ".taoctl_run.json"
 
@@ -68,7 +69,7 @@ def prepare_results_dir(results_dir, spec_text: str, force: bool = False, task: 
             for stale in ("weights", "train_state"):
                 shutil.rmtree(results_dir / stale, ignore_errors=True)
             (results_dir / "status.json").unlink(missing_ok=True)
-    modelfile.write_atomic_bytes(run_file, json.dumps({"spec_sha256": digest, "task": task}).encode())
+    write_atomic(run_file, json.dumps({"spec_sha256": digest, "task": task}))
     return results_dir
 
 
@@ -146,7 +147,7 @@ class MetricsCSVHook(Hook):
         writer.writerow(["epoch"] + columns)
         for row in trainer.history:
             writer.writerow([row["epoch"]] + [row.get(c, "") for c in columns])
-        modelfile.write_atomic_bytes(self.path, buffer.getvalue().encode())
+        write_atomic(self.path, buffer.getvalue())
 
 
 class TensorBoardHook(Hook):

@@ -13,6 +13,8 @@ import signal
 import time
 from pathlib import Path
 
+from taoctl.fileio import write_atomic
+
 
 def taoctl_home() -> Path:
     return Path(os.environ.get("TAOCTL_HOME", Path.home() / ".taoctl"))
@@ -20,13 +22,6 @@ def taoctl_home() -> Path:
 
 def jobs_dir() -> Path:
     return taoctl_home() / "jobs"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def record_job(pid: int, task: str, subtask: str, args: list[str]) -> Path:

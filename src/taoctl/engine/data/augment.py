@@ -23,6 +23,7 @@ import numpy as np
 
 from taoctl.engine.data import kitti
 from taoctl.errors import TaoctlError
+from taoctl.fileio import atomic_path, write_atomic
 
 
 @dataclasses.dataclass
@@ -151,16 +152,9 @@ def augment_frame(image: np.ndarray, objects: list[kitti.KittiObject], plan: Aug
 def _write_image(path: Path, image: np.ndarray) -> None:
     import cv2
 
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise TaoctlError(f"cannot write image {path}")
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise TaoctlError(f"cannot write image {path}")
 
 
 def augment_dataset(image_dir: str | os.PathLike, label_dir: str | os.PathLike, out_image_dir: str | os.PathLike,
@@ -196,5 +190,5 @@ def augment_dataset(image_dir: str | os.PathLike, label_dir: str | os.PathLike, 
                                      int(rng.integers(2**31)), stats, str(label_path))
         name = Path(frame.image_path).name
         _write_image(out_image_dir / name, out)
-        _write_text(out_label_dir / f"{Path(name).stem}.txt", "".join(o.to_line() + "\n" for o in objects))
+        write_atomic(out_label_dir / f"{Path(name).stem}.txt", "".join(o.to_line() + "\n" for o in objects))
     return stats

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from taoctl.errors import TaoctlError
+from taoctl.fileio import write_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".PNG", ".JPG", ".JPEG")
 
@@ -123,11 +124,7 @@ class LabelReport:
                 "issue_meanings": {k: ISSUE_KINDS[k] for k in self.counts()}}
 
     def write_json(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def fail_if_strict(self, strict: bool) -> None:
         if strict and not self.clean:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from taoctl.fileio import atomic_path
+
 
 class ClassificationMeter:
     def __init__(self, num_classes: int, top_k: int = 5):
@@ -88,7 +90,6 @@ def format_report(report: dict) -> str:
 
 def save_confusion_png(report: dict, path) -> None:
     """Draw the confusion matrix (counts, row-normalised colours) to a PNG, atomically."""
-    import os
 
     import matplotlib
 
@@ -112,7 +113,6 @@ def save_confusion_png(report: dict, path) -> None:
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center",
                         color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     fig.tight_layout()
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)

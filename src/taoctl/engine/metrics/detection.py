@@ -18,9 +18,10 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
+
+from taoctl.fileio import atomic_path, write_atomic
 
 MODES = ("SAMPLE", "INTEGRATE")
 
@@ -106,7 +107,7 @@ class DetectionResult:
         return "\n".join(lines)
 
     def write_json(self, path: str | os.PathLike) -> None:
-        _atomic_write(Path(path), json.dumps(self.to_json_dict(), indent=2) + "\n")
+        write_atomic(path, json.dumps(self.to_json_dict(), indent=2) + "\n")
 
     def plot_pr_curves(self, path: str | os.PathLike) -> None:
         """One PR curve per class in a PNG (``PR_curve.png``)."""
@@ -126,19 +127,9 @@ class DetectionResult:
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left")
         ax.set_title(f"Precision-recall ({self.mode}), mAP {100 * self.mean_ap:.2f}%")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-        fig.savefig(tmp, format="png")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
         plt.close(fig)
-        os.replace(tmp, path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

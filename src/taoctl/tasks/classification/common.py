@@ -22,6 +22,7 @@ from taoctl.engine import modelfile
 from taoctl.engine.backbones import create_model, parse_input_image_size
 from taoctl.engine.data.imagefolder import Normalizer
 from taoctl.errors import TaoctlError
+from taoctl.fileio import write_atomic
 
 TASK = "classification"
 INTERPOLATION_NAMES = {0: "BILINEAR", 1: "BICUBIC"}
@@ -96,7 +97,7 @@ def read_classmap(path) -> list[str]:
 
 
 def write_json(path, data) -> None:
-    modelfile.write_atomic_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- model files
@@ -275,10 +276,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule, base_lr: float):
         return schedule(step) / base_lr / (1.0 + decay * step)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def atomic_text(path, text: str) -> None:
-    modelfile.write_atomic_bytes(path, text.encode())
 
 
 def cpu_threads() -> int:

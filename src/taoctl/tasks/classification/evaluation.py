@@ -12,6 +12,7 @@ import numpy as np
 from taoctl.engine.data import imagefolder
 from taoctl.engine.metrics.classification import format_report, save_confusion_png
 from taoctl.errors import TaoctlError
+from taoctl.fileio import write_atomic
 from taoctl.tasks.classification import common
 from taoctl.tasks.classification.training import evaluate_arrays
 
@@ -61,7 +62,7 @@ def evaluate_model(experiment, model_path, key, data, out_dir: Path, batch_size=
         print(f"({len(arrays)} images in {seconds:.2f} s, {report['images_per_second']:.1f} images/s)", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     common.write_json(out_dir / "results.json", report)
-    common.atomic_text(out_dir / "evaluation.txt", text + "\n")
+    write_atomic(out_dir / "evaluation.txt", text + "\n")
     save_confusion_png(report, out_dir / "confusion_matrix.png")
     if not quiet:
         print(f"Wrote {out_dir / 'results.json'}, {out_dir / 'confusion_matrix.png'}", flush=True)
@@ -112,4 +113,4 @@ def write_result_csv(path: Path, rows) -> None:
     writer.writerow(["path", "label", "confidence"])
     for image, label, confidence in rows:
         writer.writerow([image, label, f"{confidence:.6f}"])
-    common.atomic_text(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())

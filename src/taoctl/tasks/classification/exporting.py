@@ -12,6 +12,7 @@ import torch
 from taoctl.engine import export
 from taoctl.engine.data import imagefolder
 from taoctl.errors import TaoctlError
+from taoctl.fileio import write_atomic
 from taoctl.tasks.classification import common
 
 
@@ -127,7 +128,7 @@ def run_export(model_path, output_file, key, experiment_spec, data_type, cal_ima
             print(f"Warning: {exc}", flush=True)
     if gen_ds_config:
         labels = output.parent / "labels.txt"
-        common.atomic_text(labels, "\n".join(classes) + "\n")
+        write_atomic(labels, "\n".join(classes) + "\n")
         config = output.parent / "nvinfer_config.txt"
         export.deepstream_config(config, output.name, labels.name, normalizer.describe(), shape, len(classes), data_type,
                                  cal_cache=cache.name if cache else None,

@@ -21,6 +21,7 @@ from pathlib import Path
 from taoctl.engine.data import kitti, tfrecord
 from taoctl.engine.data.tfrecord import bytes_feature, float_feature, int64_feature
 from taoctl.errors import TaoctlError
+from taoctl.fileio import write_atomic
 
 TAO_SEED = 42  # TAO's DatasetConverter seeds Python's random with 42
 
@@ -306,8 +307,5 @@ def convert(spec, output_filename: str, validation_fold: int | None = None, resu
          "while writing the classmap.")
     echo(f"Wrote {len(written)} TFRecord shard(s): {written[0]}{' ...' if len(written) > 1 else ''}")
     result = report.to_dict() | {"folds": folds, "shards": written}
-    report_dir.mkdir(parents=True, exist_ok=True)
-    tmp = report_path.with_name(f".{report_path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, report_path)
+    write_atomic(report_path, json.dumps(result, indent=2) + "\n")
     return result
