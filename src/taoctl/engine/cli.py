@@ -44,7 +44,7 @@ class MultiValueOption(click.Option):
 
             def process(value, state, _original=original_process, _self=self):
                 def is_flag(text):
-                    return text[:1] in prefixes and len(text) > 1 and not _is_number(text)
+                    return text[:1] in prefixes and len(text) > 1 and not is_number(text)
 
                 values = []
                 if value is not None:
@@ -63,7 +63,8 @@ class MultiValueOption(click.Option):
         return None
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """True for "-1", "0.5", "1e-3": values, not flags, after an option that takes several."""
     try:
         float(text)
     except ValueError:

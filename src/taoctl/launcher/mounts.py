@@ -14,6 +14,7 @@ import os
 import posixpath
 from pathlib import Path
 
+from taoctl.engine.cli import is_number
 from taoctl.errors import TaoctlError, did_you_mean
 
 DEFAULT_FILE = "~/.tao_mounts.json"
@@ -244,7 +245,7 @@ class Translator:
         out: list[str] = []
         flag = None  # the path flag whose values we are reading, if any
         for arg in args:
-            if arg.startswith("-") and len(arg) > 1 and not _is_number(arg):
+            if arg.startswith("-") and len(arg) > 1 and not is_number(arg):
                 name, eq, value = arg.partition("=")
                 flag = name if name in PATH_FLAGS else None
                 if eq:
@@ -305,11 +306,3 @@ class Translator:
     def working_dir(self) -> str | None:
         """The container path of the current directory, when it is mounted."""
         return to_container(os.path.normpath(self.cwd), self.mounts + self.added)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
