@@ -193,12 +193,12 @@ def info(verbose):
     if not verbose:
         return
     click.echo("")
-    click.echo(f"{'task':<32}{'group':<16}{'image':<28}{'state':<13}subtasks")
+    click.echo(f"{'task':<38}{'group':<16}{'image':<28}{'state':<13}subtasks")
     for task in registry.TASKS:
         state = "implemented" if task.implemented else "planned"
         names = [s if s in task.implemented_subtasks else f"{s}*" for s in task.subtasks]
         alias = f" ({', '.join(task.aliases)})" if task.aliases else ""
-        click.echo(f"{task.name + alias:<32}{task.group:<16}{image_for(task):<28}{state:<13}{' '.join(names)}")
+        click.echo(f"{task.name + alias:<38}{task.group:<16}{image_for(task):<28}{state:<13}{' '.join(names)}")
     click.echo("\n* planned subtask\n")
     click.echo("\n".join(images.status_lines()))
 

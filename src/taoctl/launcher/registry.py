@@ -49,6 +49,8 @@ class Task:
         folder = self.scripts_dir
         if folder is None or not folder.is_dir():
             return ()
+        if self.direct:  # a package may hold several direct tasks (augment, augmentation)
+            return (self.name,) if (folder / f"{self.name}.py").exists() else ()
         return tuple(sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")))
 
     @property
