@@ -4,6 +4,7 @@ resumes when the same command is run again; data-parallel training with 2 CPU pr
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,13 +99,13 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_finishes(tmp_path, 
     while not (results / "weights" / "resnet_001.tlt").exists():
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
-    time.sleep(0.5)  # into epoch 2
-    os.killpg(process.pid, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)  # epoch 1 is saved; epoch 2 is under way
     process.wait()
     assert not (results / "weights" / "resnet_003.tlt").exists()
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming from epoch 1" in resumed.stdout + resumed.stderr
+    # Epoch 1's checkpoint, or epoch 2's when the kill landed just after it was written.
+    assert re.search(r"Resuming from epoch [12] checkpoint", resumed.stdout + resumed.stderr)
     assert (results / "weights" / "resnet_003.tlt").exists()
     statuses = [json.loads(line)["status"] for line in (results / "status.json").read_text().splitlines()]
     assert statuses[-1] == "SUCCESS"
