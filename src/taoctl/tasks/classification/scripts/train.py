@@ -27,14 +27,11 @@ def command(experiment_spec, results_dir, key, classmap, init_epoch, strict, for
 
     experiment = spec_module.load(experiment_spec, subtask="train")
     if dry_run:
-        from taoctl.engine.spec import missing_paths
+        from taoctl.engine.cli import finish_dry_run
 
-        problems = missing_paths(experiment, spec_module.KINDS["experiment"])
-        for line in problems:
-            click.echo(line)
         click.echo(f"plan: train {experiment.model_config.arch} for {experiment.train_config.n_epochs} epochs "
                    f"into {results_dir}")
-        return 2 if problems else 0
+        return finish_dry_run(experiment_spec, experiment, spec_module.KINDS["experiment"])
     from taoctl.tasks.classification.training import run_training
 
     run_training(experiment, experiment_spec, results_dir, key=key or None, classmap=classmap, init_epoch=init_epoch,
