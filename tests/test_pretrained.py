@@ -230,3 +230,24 @@ def test_pretrained_recognises_ants_and_bees(arch, weights, mean, std):
     ants = [c for f, c in zip(files, top1) if "/ants/" in f]
     bees = [c for f, c in zip(files, top1) if "/bees/" in f]
     assert ants.count(310) > ants.count(309) and bees.count(309) > bees.count(310)
+
+
+def test_torchvision_name_resolves_to_the_pip_installed_copy(tmp_path, monkeypatch):
+    mobilenet_v2_file()  # skips when the package is not installed
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("no download"))
+    assert pre.resolve_source("torchvision:mobilenet_v2.IMAGENET1K_V1") == str(mobilenet_v2_file())
+    report = pre.load_pretrained(create_model("mobilenet_v2", 2), "torchvision:mobilenet_v2.IMAGENET1K_V1", log=None)
+    assert report.missing_backbone == [] and report.head_reinitialised
+    with pytest.raises(TaoctlError, match="mobilenet_v2 has weights IMAGENET1K_V1, IMAGENET1K_V2"):
+        pre.resolve_source("torchvision:mobilenet_v2.IMAGENET9K")
+
+
+def test_installed_copy_with_a_wrong_hash_is_not_used(tmp_path, monkeypatch):
+    package = tmp_path / "fake_weights_pkg"
+    (package / "weights").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "weights" / "mobilenet_v2-b0353104.pth").write_bytes(b"not the checkpoint")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(pre, "OFFLINE_TORCHVISION_PACKAGES", {"fake_weights_pkg": "weights"})
+    assert pre._installed_copy("mobilenet_v2-b0353104.pth") is None

