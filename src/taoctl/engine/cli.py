@@ -153,15 +153,16 @@ def echo(message: str = "") -> None:
     sys.stdout.flush()
 
 
-def finish_dry_run(spec_path, spec, kind, flag_paths: dict[str, str | None] | None = None) -> int:
+def finish_dry_run(spec_path, spec, kind, flag_paths: dict[str, str | None] | None = None, fields=None) -> int:
     """End a ``--dry-run``: the spec already loaded; check the paths it and the flags name.
 
     ``flag_paths`` maps a flag to the path given for it (``{"-m": model_path}``); unset ones are
-    skipped. Every missing path is listed, then one TaoctlError line says how many.
+    skipped. ``fields`` limits the spec's path fields checked (default: all of the kind's).
+    Every missing path is listed, then one TaoctlError line says how many.
     """
     from taoctl.engine.spec import missing_paths
 
-    problems = missing_paths(spec, kind)
+    problems = missing_paths(spec, kind, fields)
     problems += [f"{flag}: {path} does not exist" for flag, path in (flag_paths or {}).items()
                  if path and not os.path.exists(path)]
     for problem in problems:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from taoctl.engine.hub import is_hub_name
 from taoctl.errors import TaoctlError
 
 # timm's default pretrained tag for the models taoctl builds (timm names them differently).
@@ -182,9 +183,9 @@ def _download(url: str, filename: str) -> str:
 
 def resolve_source(name: str) -> str:
     """Turn ``torchvision:<model>[.<weights>]`` / ``timm:<model>[.<tag>]`` into a local file; paths pass through."""
-    scheme, sep, model = name.partition(":")
-    if not sep or scheme not in ("torchvision", "timm") or os.path.exists(name):
+    if not is_hub_name(name) or os.path.exists(name):
         return name
+    scheme, _, model = name.partition(":")
     if scheme == "torchvision":
         from taoctl.engine.tvcompat import import_torchvision
 

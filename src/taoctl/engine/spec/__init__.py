@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from taoctl.engine.hub import is_hub_name
 from taoctl.engine.spec import prototxt, yamlspec
 from taoctl.errors import SpecError
 
@@ -115,14 +116,15 @@ def _values(spec, path: str) -> list[tuple[str, object]]:
 def missing_paths(spec, kind: SpecKind, fields=None) -> list[str]:
     """For ``--dry-run``: one line per path field whose file or folder does not exist.
 
-    ``fields`` defaults to ``kind.paths``; unset fields are skipped (``required`` covers them).
+    ``fields`` defaults to ``kind.paths``; unset fields and model hub names (``torchvision:...``)
+    are skipped (``required`` covers the former, loading resolves the latter).
     TAO's paths may hold a glob (``tfrecords_path: "/data/tfrecords/*"``): it counts as
     existing when anything matches.
     """
     problems = []
     for field_path in kind.paths if fields is None else fields:
         for concrete, value in _values(spec, field_path):
-            if not isinstance(value, str) or not value:
+            if not isinstance(value, str) or not value or is_hub_name(value):
                 continue
             if any(ch in value for ch in "*?["):
                 if not glob.glob(value):

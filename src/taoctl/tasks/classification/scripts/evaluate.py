@@ -39,8 +39,11 @@ def command(experiment_spec, model_path, key, results_dir, batch_size, classmap,
     if not data:
         raise TaoctlError("no data to evaluate: set eval_config.eval_dataset_path or pass -i")
     if dry_run:
+        from taoctl.engine.cli import finish_dry_run
+
         click.echo(f"plan: evaluate {model_path} on {data}")
-        return 0
+        return finish_dry_run(experiment_spec, experiment, spec_module.KINDS["experiment"],
+                              {"model": model_path, "data": data, "-cm": classmap}, fields=())
     from taoctl.tasks.classification.evaluation import evaluate_model
 
     out = Path(results_dir) if results_dir else Path(model_path).resolve().parent

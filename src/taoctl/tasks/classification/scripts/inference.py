@@ -32,8 +32,11 @@ def command(model_path, key, image, image_dir, experiment_spec, batch_size, clas
     experiment = spec_module.load(experiment_spec)
     paths = list_images(image, image_dir)
     if dry_run:
+        from taoctl.engine.cli import finish_dry_run
+
         click.echo(f"plan: label {len(paths)} image(s) with {model_path}")
-        return 0
+        return finish_dry_run(experiment_spec, experiment, spec_module.KINDS["experiment"],
+                              {"-m": model_path, "-cm": classmap}, fields=())
     predictor = open_predictor(experiment, model_path, key or None, classmap)
     rows, skipped = infer(predictor, paths, max(1, batch_size), bool(experiment.eval_config.enable_center_crop))
     for path, label, confidence in rows:
