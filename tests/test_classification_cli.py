@@ -147,6 +147,40 @@ def test_prune_retrain_export_and_onnx_evaluate(workflow):
     assert tlt_eval.returncode == onnx_eval.returncode == 0
 
 
+def test_prune_with_bn_criterion_and_refit_on_images(workflow, tmp_path):
+    root, data, spec, run, _ = workflow
+    pruned = tmp_path / "refit.tlt"
+    result = taoctl("classification", "prune", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
+                    "-o", str(pruned), "-pth", "0.8", "-pg", "4", "-nf", "4", "--criterion", "L2_bn",
+                    "--cal_image_dir", str(data / "train"), "--cal_images", "8")
+    assert "Refit " in result.stdout and "on 8 images" in result.stdout
+    from taoctl.engine import modelfile
+
+    record = modelfile.load_model(pruned, "secret").manifest["pruning"]
+    assert record["criterion"] == "L2_bn" and record["calibration_images"] == 8
+    missing = taoctl("classification", "prune", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
+                     "-o", str(tmp_path / "x.tlt"), "--cal_image_dir", str(tmp_path / "nowhere"), check=False)
+    assert missing.returncode == 2 and "--cal_image_dir" in missing.stderr and "Traceback" not in missing.stderr
+    assert not (tmp_path / "x.tlt").exists()
+
+
+def test_dry_runs_check_the_paths_they_would_use(workflow, tmp_path):
+    root, data, spec, run, _ = workflow
+    model = str(run / "weights" / "resnet_002.tlt")
+    ok = taoctl("classification", "evaluate", "-e", str(spec), "-m", model, "--dry-run")
+    assert "Dry run OK" in ok.stdout
+    missing = taoctl("classification", "evaluate", "-e", str(spec), "-m", str(tmp_path / "gone.tlt"), "--dry-run",
+                     check=False)
+    assert missing.returncode == 2 and "model: " in missing.stderr and "gone.tlt does not exist" in missing.stderr
+    no_classmap = taoctl("classification", "inference", "-e", str(spec), "-m", model, "-cm", str(tmp_path / "cm.json"),
+                         "-d", str(data / "val"), "--dry-run", check=False)
+    assert no_classmap.returncode == 2 and "-cm: " in no_classmap.stderr and "Traceback" not in no_classmap.stderr
+    hub_spec = tmp_path / "hub.txt"
+    hub_spec.write_text(SPEC.format(data=data, pretrained='pretrained_model_path: "torchvision:resnet18"', epochs=1))
+    assert "Dry run OK" in taoctl("classification", "train", "-e", str(hub_spec), "-r", str(tmp_path / "r"),
+                                  "--dry-run").stdout
+
+
 def test_user_errors_are_one_line(workflow, tmp_path):
     root, data, spec, run, _ = workflow
     bad_spec = tmp_path / "bad.txt"

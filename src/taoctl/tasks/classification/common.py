@@ -20,6 +20,7 @@ from torch import nn
 
 from taoctl.engine import modelfile
 from taoctl.engine.backbones import create_model, parse_input_image_size
+from taoctl.engine.data import imagefolder
 from taoctl.engine.data.imagefolder import Normalizer
 from taoctl.errors import TaoctlError
 from taoctl.fileio import write_atomic
@@ -162,6 +163,37 @@ class Predictor:
         with torch.no_grad():
             logits = self.model(self.normalizer(torch.from_numpy(np.ascontiguousarray(batch))))
             return torch.log_softmax(logits.float(), dim=1).numpy()
+
+
+# --------------------------------------------------------------------------- calibration images
+def image_paths(cal_image_dir: str | None, experiment) -> list[str]:
+    """Real images for calibration and checks: --cal_image_dir, else (with a spec) its datasets."""
+    candidates = [cal_image_dir] if cal_image_dir else []
+    if experiment is not None:
+        candidates += [experiment.train_config.val_dataset_path, experiment.eval_config.eval_dataset_path,
+                       experiment.train_config.train_dataset_path]
+    for folder in candidates:
+        if folder and Path(folder).is_dir():
+            files = sorted(str(p) for p in Path(folder).rglob("*")
+                           if p.is_file() and p.suffix.lower() in imagefolder.IMAGE_EXTENSIONS)
+            if files:
+                return files
+        elif folder and folder == cal_image_dir:
+            raise TaoctlError(f"--cal_image_dir {folder}: not a folder")
+    return []
+
+
+def load_image_batch(paths, shape, interp, mode, strict) -> tuple[np.ndarray, list[str]]:
+    arrays, skipped = [], []
+    for path in paths:
+        try:
+            arrays.append(imagefolder.load_image(path, shape[1:], shape[0], mode, interp).transpose(2, 0, 1))
+        except TaoctlError as exc:
+            if strict:
+                raise
+            skipped.append(str(exc))
+    return (np.stack(arrays) if arrays else np.zeros((0, *shape), np.uint8)), skipped
+
 
 
 # --------------------------------------------------------------------------- optimisation

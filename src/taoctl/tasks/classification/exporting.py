@@ -16,35 +16,6 @@ from taoctl.fileio import write_atomic
 from taoctl.tasks.classification import common
 
 
-def _image_paths(cal_image_dir: str | None, experiment) -> list[str]:
-    """Real images for calibration and the PyTorch/ONNX check: --cal_image_dir, else the spec's data."""
-    candidates = [cal_image_dir] if cal_image_dir else []
-    if experiment is not None:
-        candidates += [experiment.train_config.val_dataset_path, experiment.eval_config.eval_dataset_path,
-                       experiment.train_config.train_dataset_path]
-    for folder in candidates:
-        if folder and Path(folder).is_dir():
-            files = sorted(str(p) for p in Path(folder).rglob("*")
-                           if p.is_file() and p.suffix.lower() in imagefolder.IMAGE_EXTENSIONS)
-            if files:
-                return files
-        elif folder and folder == cal_image_dir:
-            raise TaoctlError(f"--cal_image_dir {folder}: not a folder")
-    return []
-
-
-def _load_batch(paths, shape, interp, mode, strict) -> tuple[np.ndarray, list[str]]:
-    arrays, skipped = [], []
-    for path in paths:
-        try:
-            arrays.append(imagefolder.load_image(path, shape[1:], shape[0], mode, interp).transpose(2, 0, 1))
-        except TaoctlError as exc:
-            if strict:
-                raise
-            skipped.append(str(exc))
-    return (np.stack(arrays) if arrays else np.zeros((0, *shape), np.uint8)), skipped
-
-
 def run_export(model_path, output_file, key, experiment_spec, data_type, cal_image_dir, cal_data_file, cal_cache_file,
                batches, batch_size, max_batch_size, engine_file, gen_ds_config, classmap_json, target_opset,
                cal_method, strict) -> Path:
@@ -69,8 +40,8 @@ def run_export(model_path, output_file, key, experiment_spec, data_type, cal_ima
 
     center = bool(experiment.eval_config.enable_center_crop) if experiment is not None else True
     mode = "center" if center else "resize"
-    paths = _image_paths(cal_image_dir, experiment)
-    check_images, skipped = _load_batch(paths[:16], shape, interp, mode, strict)
+    paths = common.image_paths(cal_image_dir, experiment)
+    check_images, skipped = common.load_image_batch(paths[:16], shape, interp, mode, strict)
     if len(check_images):
         sample = torch.from_numpy(normalizer.numpy(check_images))
         what = f"{len(check_images)} real images"
@@ -96,7 +67,7 @@ def run_export(model_path, output_file, key, experiment_spec, data_type, cal_ima
                 raise TaoctlError("INT8 calibration needs images: pass --cal_image_dir or -e with dataset paths")
             rng = np.random.default_rng(0)
             chosen = [paths[i] for i in sorted(rng.permutation(len(paths))[:count])]
-            images, bad = _load_batch(chosen, shape, interp, mode, strict)
+            images, bad = common.load_image_batch(chosen, shape, interp, mode, strict)
             skipped += bad
             if cal_data_file:
                 np.save(cal_data_file, images)

@@ -1,0 +1,105 @@
+"""Engine pruning: TAO's scoring, the BatchNorm-folded criterion and the least-squares refit."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from taoctl.engine.backbones import create_model
+from taoctl.engine.pruning import prune_model, reconstruct
+from taoctl.errors import TaoctlError
+
+
+def _two_layer_net(norms, gammas=None) -> nn.Module:
+    """conv(3->8) + BN + ReLU, then a 1x1 conv reading all 8 channels, pooled to 2 outputs."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        direction = torch.randn(8, 3 * 9, generator=torch.Generator().manual_seed(0))
+        direction /= direction.norm(dim=1, keepdim=True)
+        net[0].weight.copy_((direction * torch.tensor(norms, dtype=torch.float)[:, None]).reshape(8, 3, 3, 3))
+        if gammas is not None:
+            net[1].weight.copy_(torch.tensor(gammas, dtype=torch.float))
+    return net.eval()
+
+
+def _kept_norms(net) -> list[float]:
+    return sorted(round(float(n), 3) for n in net[0].weight.detach().flatten(1).norm(dim=1))
+
+
+def test_max_and_l2_normalizers_follow_tao():
+    norms = [1, 2, 3, 4, 5, 6, 7, 8]
+    net = _two_layer_net(norms)
+    # max: norm / 8 > 0.7 keeps 6, 7, 8.
+    prune_model(net, (3, 8, 8), threshold=0.7, normalizer="max", granularity=1, min_filters=1)
+    assert _kept_norms(net) == [6.0, 7.0, 8.0]
+    # TAO's L2: norm / ||norms|| * count = norm * 8 / 14.28 > 3.0 keeps norms >= 5.4, i.e. 6, 7, 8.
+    net = _two_layer_net(norms)
+    prune_model(net, (3, 8, 8), threshold=3.0, normalizer="L2", granularity=1, min_filters=1)
+    assert _kept_norms(net) == [6.0, 7.0, 8.0]
+
+
+def test_granularity_and_min_filters_round_up():
+    net = _two_layer_net([1, 2, 3, 4, 5, 6, 7, 8])
+    prune_model(net, (3, 8, 8), threshold=0.7, normalizer="max", granularity=4, min_filters=1)
+    assert _kept_norms(net) == [5.0, 6.0, 7.0, 8.0]
+    net = _two_layer_net([1, 2, 3, 4, 5, 6, 7, 8])
+    prune_model(net, (3, 8, 8), threshold=0.99, normalizer="max", granularity=1, min_filters=2)
+    assert _kept_norms(net) == [7.0, 8.0]
+
+
+def test_bn_folded_criterion_sees_what_batchnorm_does():
+    # Equal kernel norms: plain L2 cannot tell the channels apart; BatchNorm's scale (gamma) can.
+    gammas = [0.01, 0.02, 0.03, 0.04, 1.0, 1.1, 1.2, 1.3]
+    net = _two_layer_net([1.0] * 8, gammas)
+    report = prune_model(net, (3, 8, 8), threshold=0.5, granularity=1, min_filters=1)
+    assert report.layers == [] and net[0].out_channels == 8
+    report = prune_model(net, (3, 8, 8), threshold=0.5, granularity=1, min_filters=1, criterion="L2_bn")
+    assert net[0].out_channels == 4 and sorted(net[1].weight.tolist()) == pytest.approx(gammas[4:])
+    assert report.kept_outputs["0"] == [4, 5, 6, 7]
+    with pytest.raises(TaoctlError, match="unknown criterion"):
+        prune_model(net, (3, 8, 8), criterion="taylor")
+
+
+def test_refit_recovers_what_pruned_channels_carried():
+    # Channels 4-7 are 0.1 x channels 0-3, so the next layer can read them through 0-3: plain pruning
+    # loses their share of the output, the least-squares refit gets it back exactly.
+    net = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten()).eval()
+    with torch.no_grad():
+        net[0].weight[:4] /= net[0].weight[:4].flatten(1).norm(dim=1)[:, None, None, None]
+        net[0].weight[4:] = 0.1 * net[0].weight[:4]
+    original = copy.deepcopy(net)
+    report = prune_model(net, (3, 6, 6), threshold=0.5, granularity=1, min_filters=1)
+    assert net[0].out_channels == 4 and report.kept_outputs["0"] == [0, 1, 2, 3]
+    calibration, held_out = torch.randn(32, 3, 6, 6), torch.randn(8, 3, 6, 6)
+    assert not torch.allclose(net(held_out), original(held_out), atol=1e-2)
+    refit = reconstruct(original, net, calibration, report.kept_outputs, ridge=1e-9)
+    assert refit == ["1"]
+    assert torch.allclose(net(held_out), original(held_out), atol=1e-4)
+
+
+def test_refit_brings_a_pruned_mobilenet_closer_to_the_original():
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", num_classes=3, input_image_size="3,32,32").eval()
+    with torch.no_grad():  # fresh weights have near-equal filter norms: make every other filter weak
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight[::2] *= 0.1
+        for m in model.modules():  # non-trivial BatchNorm statistics, as after training
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    original = copy.deepcopy(model)
+    report = prune_model(model, (3, 32, 32), threshold=0.5, granularity=8, min_filters=8,
+                         output_layers=[model.head_name])
+    calibration, held_out = torch.randn(64, 3, 32, 32), torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        before = (model(held_out) - original(held_out)).pow(2).mean()
+        refit = reconstruct(original, model, calibration, report.kept_outputs)
+        after = (model(held_out) - original(held_out)).pow(2).mean()
+    assert refit and all(not name.startswith("classifier") for name in refit)
+    assert after < 0.5 * before
