@@ -1,0 +1,113 @@
+"""The classification pruning table, measured in one run through the real CLI (asserts nothing).
+
+    .venv/bin/python bench/bench_pruning.py --base runs/ants_bees/train/weights/mobilenet_v2_003.tlt \
+        --retrain_spec specs/classification/mobilenet_v2_ants_bees_retrain.txt --out runs/ants_bees/pruning \
+        --common "-pg 8 -el features.0 features.1 features.2 features.3" \
+        --row "-pth 0.5" --row "-pth 0.4 --criterion L2_bn --cal_image_dir ../shared/data/ants_bees/train"
+
+For the base and every --row (prune flags added to --common): `taoctl classification prune`, evaluate
+right after pruning, retrain with --retrain_spec (its pretrained_model_path replaced by the pruned
+file), evaluate again; then eager PyTorch and ONNX fp32 latency at batch 16, medians of --repeats
+runs with --threads threads on each side. Prints one markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench_classification import load_images, median_seconds
+from taoctl.engine import export, modelfile
+from taoctl.engine.data import imagefolder
+from taoctl.tasks.classification import common
+
+TAOCTL = [sys.executable, "-m", "taoctl.launcher.cli"]
+
+
+def taoctl(*args: str) -> str:
+    result = subprocess.run([*TAOCTL, "classification", *args], capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"taoctl classification {' '.join(args)} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def top1(spec: Path, model: Path, out: Path) -> float:
+    taoctl("evaluate", "-e", str(spec), "-m", str(model), "-r", str(out))
+    return json.loads((out / "results.json").read_text())["top1_accuracy"]
+
+
+def latencies(model_path: Path, images, repeats: int, threads: int) -> tuple[float, float]:
+    """(eager, ONNX fp32) seconds for one batch of 16."""
+    model, manifest = common.load_classifier(model_path)
+    pre = manifest.get("preprocess", {})
+    shape = tuple(manifest["input_shape"])
+    x16 = imagefolder.Normalizer(pre.get("mode", "caffe"), shape[0], pre.get("image_mean") or None).numpy(images)
+    xt = torch.from_numpy(x16)
+    with torch.no_grad():
+        eager = median_seconds(lambda: model(xt), repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export.export_onnx(model, path, shape, xt)
+        session = export.ort_session(path, threads)
+        onnx = median_seconds(lambda: export.run_onnx(session, x16), repeats)
+    return eager, onnx
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, type=Path, help="the trained, unpruned .tlt")
+    parser.add_argument("--retrain_spec", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--common", default="", help="prune flags shared by every row")
+    parser.add_argument("--row", action="append", required=True, help="prune flags of one row (repeatable)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    spec_text = args.retrain_spec.read_text()
+    if not re.search(r'pretrained_model_path:\s*"[^"]*"', spec_text):
+        raise SystemExit(f"{args.retrain_spec}: no pretrained_model_path to replace")
+    val = re.search(r'val_dataset_path:\s*"([^"]*)"', spec_text).group(1)
+    _, manifest = common.load_classifier(args.base)
+    images = load_images(val, tuple(manifest["input_shape"]), 16)
+
+    base_eager, base_onnx = latencies(args.base, images, args.repeats, args.threads)
+    base_top1 = top1(args.retrain_spec, args.base, args.out / "eval_base")
+    print(f"| prune flags | params | MACs | top-1 after pruning | top-1 after retraining | eager batch 16 | "
+          f"ONNX fp32 batch 16 |\n| --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    params_before = macs_before = None
+    rows = []
+    for i, flags in enumerate(args.row):
+        pruned = args.out / f"pruned_{i}.tlt"
+        taoctl("prune", "-m", str(args.base), "-o", str(pruned), *shlex.split(args.common), *shlex.split(flags))
+        record = modelfile.load_model(pruned).manifest["pruning"]
+        params_before, macs_before = record["params_before"], record["macs_before"]
+        after_prune = top1(args.retrain_spec, pruned, args.out / f"eval_pruned_{i}")
+        spec = args.out / f"retrain_{i}.txt"
+        spec.write_text(re.sub(r'pretrained_model_path:\s*"[^"]*"', f'pretrained_model_path: "{pruned}"', spec_text))
+        run = args.out / f"retrain_{i}"
+        taoctl("train", "-e", str(spec), "-r", str(run), "--force")
+        final = sorted((run / "weights").glob("*.tlt"))[-1]
+        after_retrain = top1(spec, final, args.out / f"eval_retrain_{i}")
+        eager, onnx = latencies(final, images, args.repeats, args.threads)
+        rows.append(f"| `{flags}` | {record['params_after']:,} ({record['params_after'] / params_before:.1%}) | "
+                    f"{record['macs_after'] / 1e6:.1f} M ({record['macs_after'] / macs_before:.1%}) | "
+                    f"{after_prune:.2%} | {after_retrain:.2%} | {eager * 1000:.1f} ms ({base_eager / eager:.2f}x) | "
+                    f"{onnx * 1000:.1f} ms ({base_onnx / onnx:.2f}x) |")
+        print(rows[-1], flush=True)
+    print(f"| (unpruned) | {params_before:,} | {macs_before / 1e6:.1f} M | {base_top1:.2%} | – | "
+          f"{base_eager * 1000:.1f} ms | {base_onnx * 1000:.1f} ms |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
