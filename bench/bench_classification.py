@@ -31,14 +31,21 @@ from taoctl.engine.trainer import Trainer
 from taoctl.tasks.classification import common
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+def paired_medians(fns: dict, repeats: int) -> dict:
+    """Median seconds of each function, timed in turns (a, b, a, b, ...) after one warm-up each.
+
+    Taking turns makes every side see the same machine: on a shared VM the speed drifts by 2x
+    within minutes, which timing one side after the other would read as a ratio.
+    """
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def load_images(folder: str, shape, count: int) -> np.ndarray:
@@ -134,31 +141,35 @@ def main(argv=None) -> int:
                              progress=lambda m: None)
         session32 = export.ort_session(fp32, threads)
         session8 = export.ort_session(int8, threads)
-        eager = {}
-        for batch in (1, 16):
-            x = x16[:batch]
-            xt = torch.from_numpy(x)
-            with torch.no_grad():
-                eager[batch] = median_seconds(lambda: model(xt), args.repeats)
-            onnx_s = median_seconds(lambda: export.run_onnx(session32, x), args.repeats)
-            print(f"batch {batch:2d}: eager {eager[batch] * 1000:.1f} ms, ONNX fp32 {onnx_s * 1000:.1f} ms, "
-                  f"ratio {eager[batch] / onnx_s:.2f}x (target >= 3x)")
-        fp32_s = median_seconds(lambda: export.run_onnx(session32, x16), args.repeats)
-        int8_s = median_seconds(lambda: export.run_onnx(session8, x16), args.repeats)
-        print(f"batch 16: ONNX fp32 {fp32_s * 1000:.1f} ms, ONNX int8 {int8_s * 1000:.1f} ms, "
-              f"ratio {fp32_s / int8_s:.2f}x (target >= 1.5x)")
         xt16 = torch.from_numpy(x16)
+        runs = {}
+        for batch in (1, 16):
+            x, xt = x16[:batch], xt16[:batch]
+            runs[f"eager {batch}"] = lambda xt=xt: model(xt)
+            runs[f"fp32 {batch}"] = lambda x=x: export.run_onnx(session32, x)
+        runs["int8 16"] = lambda: export.run_onnx(session8, x16)
         for path in args.pruned:
             pruned, _ = common.load_classifier(path, args.key)
-            with torch.no_grad():
-                pruned_s = median_seconds(lambda: pruned(xt16), args.repeats)
-            p_onnx = Path(tmp) / "pruned.onnx"
+            p_onnx = Path(tmp) / f"pruned_{len(runs)}.onnx"
             export.export_onnx(pruned, p_onnx, shape, xt16)
             p_session = export.ort_session(p_onnx, threads)
-            p_onnx_s = median_seconds(lambda: export.run_onnx(p_session, x16), args.repeats)
-            params = sum(p.numel() for p in pruned.parameters())
+            runs[f"{path} eager"] = lambda pruned=pruned: pruned(xt16)
+            runs[f"{path} fp32"] = lambda p_session=p_session: export.run_onnx(p_session, x16)
+        with torch.no_grad():
+            seconds = paired_medians(runs, args.repeats)
+        for batch in (1, 16):
+            eager, onnx_s = seconds[f"eager {batch}"], seconds[f"fp32 {batch}"]
+            print(f"batch {batch:2d}: eager {eager * 1000:.1f} ms, ONNX fp32 {onnx_s * 1000:.1f} ms, "
+                  f"ratio {eager / onnx_s:.2f}x (target >= 3x)")
+        fp32_s, int8_s = seconds["fp32 16"], seconds["int8 16"]
+        print(f"batch 16: ONNX fp32 {fp32_s * 1000:.1f} ms, ONNX int8 {int8_s * 1000:.1f} ms, "
+              f"ratio {fp32_s / int8_s:.2f}x (target >= 1.5x)")
+        for path in args.pruned:
+            pruned_s, p_onnx_s = seconds[f"{path} eager"], seconds[f"{path} fp32"]
+            params = sum(p.numel() for p in common.load_classifier(path, args.key)[0].parameters())
             print(f"pruned {path}: {params:,} params, eager batch 16 {pruned_s * 1000:.1f} ms vs unpruned "
-                  f"{eager[16] * 1000:.1f} ms (speed-up {eager[16] / pruned_s:.2f}x), ONNX fp32 {p_onnx_s * 1000:.1f} ms")
+                  f"{seconds['eager 16'] * 1000:.1f} ms (speed-up {seconds['eager 16'] / pruned_s:.2f}x), "
+                  f"ONNX fp32 {p_onnx_s * 1000:.1f} ms vs {fp32_s * 1000:.1f} ms ({fp32_s / p_onnx_s:.2f}x)")
     return 0
 
 

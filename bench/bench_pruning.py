@@ -7,8 +7,8 @@
 
 For the base and every --row (prune flags added to --common): `taoctl classification prune`, evaluate
 right after pruning, retrain with --retrain_spec (its pretrained_model_path replaced by the pruned
-file), evaluate again; then eager PyTorch and ONNX fp32 latency at batch 16, medians of --repeats
-runs with --threads threads on each side. Prints one markdown table.
+file), evaluate again; then eager PyTorch and ONNX fp32 latency at batch 16 of every model, medians
+of --repeats runs taken in turns, --threads threads on each side. Prints one markdown table.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench_classification import load_images, median_seconds
+from bench_classification import load_images, paired_medians
 from taoctl.engine import export, modelfile
 from taoctl.engine.data import imagefolder
 from taoctl.tasks.classification import common
@@ -44,21 +44,17 @@ def top1(spec: Path, model: Path, out: Path) -> float:
     return json.loads((out / "results.json").read_text())["top1_accuracy"]
 
 
-def latencies(model_path: Path, images, repeats: int, threads: int) -> tuple[float, float]:
-    """(eager, ONNX fp32) seconds for one batch of 16."""
+def runners(model_path: Path, images, threads: int, work: Path) -> tuple:
+    """(eager, ONNX fp32) callables that each run one batch of 16."""
     model, manifest = common.load_classifier(model_path)
     pre = manifest.get("preprocess", {})
     shape = tuple(manifest["input_shape"])
     x16 = imagefolder.Normalizer(pre.get("mode", "caffe"), shape[0], pre.get("image_mean") or None).numpy(images)
     xt = torch.from_numpy(x16)
-    with torch.no_grad():
-        eager = median_seconds(lambda: model(xt), repeats)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export.export_onnx(model, path, shape, xt)
-        session = export.ort_session(path, threads)
-        onnx = median_seconds(lambda: export.run_onnx(session, x16), repeats)
-    return eager, onnx
+    path = work / f"{len(list(work.iterdir()))}.onnx"
+    export.export_onnx(model, path, shape, xt)
+    session = export.ort_session(path, threads)
+    return (lambda: model(xt)), (lambda: export.run_onnx(session, x16))
 
 
 def main(argv=None) -> int:
@@ -80,32 +76,40 @@ def main(argv=None) -> int:
     _, manifest = common.load_classifier(args.base)
     images = load_images(val, tuple(manifest["input_shape"]), 16)
 
-    base_eager, base_onnx = latencies(args.base, images, args.repeats, args.threads)
     base_top1 = top1(args.retrain_spec, args.base, args.out / "eval_base")
-    print(f"| prune flags | params | MACs | top-1 after pruning | top-1 after retraining | eager batch 16 | "
-          f"ONNX fp32 batch 16 |\n| --- | --- | --- | --- | --- | --- | --- |", flush=True)
-    params_before = macs_before = None
-    rows = []
+    rows, finals = [], []
     for i, flags in enumerate(args.row):
         pruned = args.out / f"pruned_{i}.tlt"
         taoctl("prune", "-m", str(args.base), "-o", str(pruned), *shlex.split(args.common), *shlex.split(flags))
         record = modelfile.load_model(pruned).manifest["pruning"]
-        params_before, macs_before = record["params_before"], record["macs_before"]
         after_prune = top1(args.retrain_spec, pruned, args.out / f"eval_pruned_{i}")
         spec = args.out / f"retrain_{i}.txt"
         spec.write_text(re.sub(r'pretrained_model_path:\s*"[^"]*"', f'pretrained_model_path: "{pruned}"', spec_text))
         run = args.out / f"retrain_{i}"
         taoctl("train", "-e", str(spec), "-r", str(run), "--force")
         final = sorted((run / "weights").glob("*.tlt"))[-1]
-        after_retrain = top1(spec, final, args.out / f"eval_retrain_{i}")
-        eager, onnx = latencies(final, images, args.repeats, args.threads)
-        rows.append(f"| `{flags}` | {record['params_after']:,} ({record['params_after'] / params_before:.1%}) | "
-                    f"{record['macs_after'] / 1e6:.1f} M ({record['macs_after'] / macs_before:.1%}) | "
-                    f"{after_prune:.2%} | {after_retrain:.2%} | {eager * 1000:.1f} ms ({base_eager / eager:.2f}x) | "
-                    f"{onnx * 1000:.1f} ms ({base_onnx / onnx:.2f}x) |")
-        print(rows[-1], flush=True)
+        rows.append((flags, record, after_prune, top1(spec, final, args.out / f"eval_retrain_{i}")))
+        finals.append(final)
+        print(f"measured `{flags}`: {after_prune:.2%} after pruning, {rows[-1][3]:.2%} after retraining", flush=True)
+
+    # Latencies last, every model taking turns, so that all see the same machine.
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        runs = {}
+        for name, path in [("base", args.base)] + [(str(i), f) for i, f in enumerate(finals)]:
+            runs[f"{name} eager"], runs[f"{name} onnx"] = runners(path, images, args.threads, Path(tmp))
+        seconds = paired_medians(runs, args.repeats)
+    base_eager, base_onnx = seconds["base eager"], seconds["base onnx"]
+    params_before, macs_before = rows[0][1]["params_before"], rows[0][1]["macs_before"]
+    print(f"\n| prune flags | params | MACs | top-1 after pruning | top-1 after retraining | eager batch 16 | "
+          f"ONNX fp32 batch 16 |\n| --- | --- | --- | --- | --- | --- | --- |")
     print(f"| (unpruned) | {params_before:,} | {macs_before / 1e6:.1f} M | {base_top1:.2%} | – | "
           f"{base_eager * 1000:.1f} ms | {base_onnx * 1000:.1f} ms |")
+    for i, (flags, record, after_prune, after_retrain) in enumerate(rows):
+        eager, onnx = seconds[f"{i} eager"], seconds[f"{i} onnx"]
+        print(f"| `{flags}` | {record['params_after']:,} ({record['params_after'] / params_before:.1%}) | "
+              f"{record['macs_after'] / 1e6:.1f} M ({record['macs_after'] / macs_before:.1%}) | "
+              f"{after_prune:.2%} | {after_retrain:.2%} | {eager * 1000:.1f} ms ({base_eager / eager:.2f}x) | "
+              f"{onnx * 1000:.1f} ms ({base_onnx / onnx:.2f}x) |")
     return 0
 
 
