@@ -17,6 +17,7 @@ import shlex
 import signal
 import socket
 import sys
+import threading
 from urllib.parse import urlparse
 
 from taoctl import __version__
@@ -201,10 +202,6 @@ def _user_name() -> str:
         return str(os.getuid())
 
 
-def _interrupt(signum, _frame):
-    raise KeyboardInterrupt(signum)
-
-
 def container_spec(task: registry.Task, subtask: str, args: list[str], config: mounts_mod.MountsConfig,
                    auto_mount: bool = False, gpu_count: int = 0) -> tuple[dict, list[str]]:
     """The ``containers.create`` arguments for one run, and the notices to print first."""
@@ -294,23 +291,35 @@ def run(task_name: str, subtask: str, args: list[str], mounts: str | None = None
         if "device driver" in reason:
             reason += " (GPU containers need the NVIDIA Container Toolkit on this host)"
         raise TaoctlError(f"docker could not create the container: {reason}") from exc
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C / SIGTERM stop the container from a thread; the output stream then ends by itself.
+    # (Raising KeyboardInterrupt into the docker SDK's stream instead could leave it draining the
+    # attach socket until the task finished.)
+    received = []
+
+    def stop_container(signum, _frame):
+        if not received:
+            received.append(signum)
+            print(f"\ntaoctl: stopping container {container.short_id}", file=sys.stderr, flush=True)
+            threading.Thread(target=_quiet, args=(container.stop,), kwargs={"timeout": STOP_TIMEOUT_S},
+                             daemon=True).start()
+
+    previous = {s: signal.signal(s, stop_container) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         # Attached before it starts, so no output is lost and a task that ends at once
         # cannot leave us attaching to a stopped container.
         stream = handle.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=False,
                                    demux=not kwargs["tty"])
         container.start()
+        if received:  # the signal came while it was starting
+            _quiet(container.stop, timeout=STOP_TIMEOUT_S)
         _stream(stream, kwargs["tty"])
-        return int(container.wait()["StatusCode"])
-    except KeyboardInterrupt as exc:
-        print(f"\ntaoctl: stopping container {container.short_id}", file=sys.stderr, flush=True)
-        _quiet(container.stop, timeout=STOP_TIMEOUT_S)
-        return 128 + (exc.args[0] if exc.args else signal.SIGINT)
+        status = int(container.wait()["StatusCode"])
+        return 128 + received[0] if received else status
     except docker.errors.APIError as exc:
         raise TaoctlError(f"docker: {exc.explanation or exc}", exit_code=1) from exc
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         _quiet(container.remove, force=True)
 
 
