@@ -65,8 +65,7 @@ def bench_training(model_path, key, images: np.ndarray, batch: int, steps: int) 
         torch.manual_seed(0)
         model, manifest = common.load_classifier(model_path, key)
         model.train()
-        normalizer = imagefolder.Normalizer(manifest["preprocess"]["mode"], images.shape[1],
-                                            manifest["preprocess"].get("image_mean") or None)
+        normalizer = common.normalizer_from_manifest(manifest)
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
         count = batch * steps
         # Both sides see the same normalised in-memory tensors, no augmentation: the ratio is the
@@ -124,8 +123,7 @@ def main(argv=None) -> int:
     threads = torch.get_num_threads()
     model, manifest = common.load_classifier(args.model, args.key)
     shape = tuple(manifest["input_shape"])
-    pre = manifest.get("preprocess", {})
-    normalizer = imagefolder.Normalizer(pre.get("mode", "caffe"), shape[0], pre.get("image_mean") or None)
+    normalizer = common.normalizer_from_manifest(manifest)
     images = load_images(args.images, shape, max(64, args.train_batch * args.train_steps))
     x16 = normalizer.numpy(images[:16])
     print(f"model {args.model} ({manifest['arch']['arch']}, input {shape}), torch threads {threads}")

@@ -26,7 +26,6 @@ import torch
 
 from bench_classification import load_images, paired_medians
 from taoctl.engine import export, modelfile
-from taoctl.engine.data import imagefolder
 from taoctl.tasks.classification import common
 
 TAOCTL = [sys.executable, "-m", "taoctl.launcher.cli"]
@@ -47,9 +46,8 @@ def top1(spec: Path, model: Path, out: Path) -> float:
 def runners(model_path: Path, images, threads: int, work: Path) -> tuple:
     """(eager, ONNX fp32) callables that each run one batch of 16."""
     model, manifest = common.load_classifier(model_path)
-    pre = manifest.get("preprocess", {})
     shape = tuple(manifest["input_shape"])
-    x16 = imagefolder.Normalizer(pre.get("mode", "caffe"), shape[0], pre.get("image_mean") or None).numpy(images)
+    x16 = common.normalizer_from_manifest(manifest).numpy(images)
     xt = torch.from_numpy(x16)
     path = work / f"{len(list(work.iterdir()))}.onnx"
     export.export_onnx(model, path, shape, xt)
@@ -100,8 +98,8 @@ def main(argv=None) -> int:
         seconds = paired_medians(runs, args.repeats)
     base_eager, base_onnx = seconds["base eager"], seconds["base onnx"]
     params_before, macs_before = rows[0][1]["params_before"], rows[0][1]["macs_before"]
-    print(f"\n| prune flags | params | MACs | top-1 after pruning | top-1 after retraining | eager batch 16 | "
-          f"ONNX fp32 batch 16 |\n| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| prune flags | params | MACs | top-1 after pruning | top-1 after retraining | eager batch 16 | "
+          "ONNX fp32 batch 16 |\n| --- | --- | --- | --- | --- | --- | --- |")
     print(f"| (unpruned) | {params_before:,} | {macs_before / 1e6:.1f} M | {base_top1:.2%} | – | "
           f"{base_eager * 1000:.1f} ms | {base_onnx * 1000:.1f} ms |")
     for i, (flags, record, after_prune, after_retrain) in enumerate(rows):

@@ -67,6 +67,12 @@ def build_model(arguments: dict, num_classes: int, freeze_blocks=(), freeze_bn: 
     return create_model(num_classes=num_classes, freeze_blocks=freeze_blocks, freeze_bn=freeze_bn, **arguments)
 
 
+def normalizer_from_manifest(manifest: dict) -> Normalizer:
+    """The preprocessing a model file was trained with."""
+    pre = manifest.get("preprocess", {})
+    return Normalizer(pre.get("mode", "caffe"), manifest["input_shape"][0], pre.get("image_mean") or None)
+
+
 def normalizer_from_spec(train_config, channels: int) -> Normalizer:
     return Normalizer(train_config.preprocess_mode or "caffe", channels, dict(train_config.image_mean) or None)
 
@@ -144,8 +150,7 @@ class Predictor:
         else:
             self.model, manifest = load_classifier(path, key)
             self.shape = tuple(manifest["input_shape"])
-            pre = manifest.get("preprocess", {})
-            self.normalizer = Normalizer(pre.get("mode", "caffe"), self.shape[0], pre.get("image_mean") or None)
+            self.normalizer = normalizer_from_manifest(manifest)
             self.classes = classes_of(manifest)
             self.interp = manifest.get("interpolation", "BILINEAR")
             if threads:
@@ -181,6 +186,11 @@ def image_paths(cal_image_dir: str | None, experiment) -> list[str]:
         elif folder and folder == cal_image_dir:
             raise TaoctlError(f"--cal_image_dir {folder}: not a folder")
     return []
+
+
+def sample_paths(paths: list[str], count: int) -> list[str]:
+    """A seeded random choice of ``count`` paths (all when fewer), in their original order."""
+    return [paths[i] for i in sorted(np.random.default_rng(0).permutation(len(paths))[:count])]
 
 
 def load_image_batch(paths, shape, interp, mode, strict) -> tuple[np.ndarray, list[str]]:

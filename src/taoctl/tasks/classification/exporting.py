@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from taoctl.engine import export
-from taoctl.engine.data import imagefolder
 from taoctl.errors import TaoctlError
 from taoctl.fileio import write_atomic
 from taoctl.tasks.classification import common
@@ -26,8 +25,7 @@ def run_export(model_path, output_file, key, experiment_spec, data_type, cal_ima
         experiment = spec_module.load(experiment_spec)
     model, manifest = common.load_classifier(model_path, key)
     shape = tuple(manifest["input_shape"])
-    pre = manifest.get("preprocess", {})
-    normalizer = imagefolder.Normalizer(pre.get("mode", "caffe"), shape[0], pre.get("image_mean") or None)
+    normalizer = common.normalizer_from_manifest(manifest)
     interp = manifest.get("interpolation", "BILINEAR")
     classes = common.read_classmap(classmap_json) if classmap_json else common.classes_of(manifest)
     if len(classes) != len(manifest["class_map"]):
@@ -65,9 +63,7 @@ def run_export(model_path, output_file, key, experiment_spec, data_type, cal_ima
             count = max(1, batches) * max(1, batch_size)
             if not paths:
                 raise TaoctlError("INT8 calibration needs images: pass --cal_image_dir or -e with dataset paths")
-            rng = np.random.default_rng(0)
-            chosen = [paths[i] for i in sorted(rng.permutation(len(paths))[:count])]
-            images, bad = common.load_image_batch(chosen, shape, interp, mode, strict)
+            images, bad = common.load_image_batch(common.sample_paths(paths, count), shape, interp, mode, strict)
             skipped += bad
             if cal_data_file:
                 np.save(cal_data_file, images)

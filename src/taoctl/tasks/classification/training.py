@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from taoctl.engine import distributed, modelfile
+from taoctl.engine import distributed
 from taoctl.engine.data import imagefolder
 from taoctl.engine.device import select_device
 from taoctl.engine.metrics.classification import ClassificationMeter

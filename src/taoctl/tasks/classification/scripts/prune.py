@@ -70,7 +70,8 @@ def command(model_path, output_file, key, normalizer, equalization_criterion, pr
                                                                  "epoch", "metrics")}
     manifest["pruning"] = {"source": str(model_path), "threshold": pruning_threshold, "normalizer": normalizer,
                            "equalization_criterion": equalization_criterion, "criterion": criterion,
-                           "granularity": pruning_granularity, "min_num_filters": min_num_filters, "excluded_layers": list(excluded_layers),
+                           "granularity": pruning_granularity, "min_num_filters": min_num_filters,
+                           "excluded_layers": list(excluded_layers),
                            "calibration_images": len(calibration) if calibration is not None else 0,
                            "params_before": report.params_before, "params_after": report.params_after,
                            "macs_before": report.macs_before, "macs_after": report.macs_after}
@@ -81,22 +82,18 @@ def command(model_path, output_file, key, normalizer, equalization_criterion, pr
 
 def _calibration_images(folder, count, manifest):
     """Up to ``count`` images of ``folder`` (a seeded random choice), preprocessed as the model expects."""
-    import numpy as np
     import torch
 
-    from taoctl.engine.data.imagefolder import Normalizer
     from taoctl.errors import TaoctlError
     from taoctl.tasks.classification import common
 
     paths = common.image_paths(folder, None)
     if not paths:
         raise TaoctlError(f"--cal_image_dir {folder}: no images found")
-    chosen = [paths[i] for i in sorted(np.random.default_rng(0).permutation(len(paths))[:max(count, 1)])]
     shape = tuple(manifest["input_shape"])
-    images, skipped = common.load_image_batch(chosen, shape, manifest.get("interpolation", "BILINEAR"), "center", False)
+    images, skipped = common.load_image_batch(common.sample_paths(paths, max(count, 1)), shape, manifest.get("interpolation", "BILINEAR"), "center", False)
     if skipped:
         click.echo(f"Warning: skipped {len(skipped)} unreadable calibration images: " + "; ".join(skipped[:3]))
     if not len(images):
         raise TaoctlError(f"--cal_image_dir {folder}: none of the images could be read")
-    pre = manifest.get("preprocess", {})
-    return torch.from_numpy(Normalizer(pre.get("mode", "caffe"), shape[0], pre.get("image_mean") or None).numpy(images))
+    return torch.from_numpy(common.normalizer_from_manifest(manifest).numpy(images))
