@@ -72,6 +72,24 @@ def test_grayscale_model_gets_one_channel(messy_folder):
     assert all(a.shape == (16, 20, 1) for a in arrays)
 
 
+def test_seeded_loader_repeats_its_augmentations_and_workers_differ():
+    # albumentations keeps its own random state: without the worker reseed, both workers copy the
+    # parent's and crop alike, and unseeded runs differ from each other.
+    image = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    dataset = imagefolder.CachedImageDataset([image] * 6, [0] * 6,
+                                             imagefolder.train_transform((16, 16), True, True, True, seed=3))
+
+    def draw():
+        loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2,
+                                             generator=torch.Generator().manual_seed(5),
+                                             worker_init_fn=imagefolder.seed_worker_transform)
+        return [images[0] for images, _ in loader]
+
+    first, second = draw(), draw()
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not torch.equal(first[0], first[1])  # items 0 and 1 come from different workers
+
+
 def test_normalizer_modes_match_keras_preprocess_input():
     batch = np.full((1, 3, 2, 2), 255, np.uint8)
     batch[:, 0] = 10  # red

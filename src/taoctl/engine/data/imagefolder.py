@@ -233,11 +233,14 @@ class CachedImageDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))), self.labels[i]
 
 
-def train_transform(size: tuple[int, int], random_crop: bool, color: bool, hflip: bool, interpolation: str = "BILINEAR"):
+def train_transform(size: tuple[int, int], random_crop: bool, color: bool, hflip: bool, interpolation: str = "BILINEAR",
+                    seed: int | None = None):
     """TAO makenet's training augmentation as an albumentations pipeline.
 
     random_crop: Inception-style crop (area 8-100 %, aspect 3/4-4/3) resized to H x W;
-    otherwise the whole image is resized to H x W.
+    otherwise the whole image is resized to H x W. ``seed`` seeds the pipeline's own random
+    state (albumentations ignores the global seeds); DataLoader workers reseed it through
+    :func:`seed_worker_transform`.
     """
     import albumentations as A
     import cv2
@@ -249,7 +252,19 @@ def train_transform(size: tuple[int, int], random_crop: bool, color: bool, hflip
         steps.append(A.HorizontalFlip(p=0.5))
     if color:
         steps.append(A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8))
-    return A.Compose(steps)
+    return A.Compose(steps, seed=seed)
+
+
+def seed_worker_transform(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give each worker's copy of the dataset's albumentations
+    pipeline a seed made of the worker's torch seed (the loader's seeded base seed + worker id) and
+    the distributed rank, so that a seeded run repeats exactly and no two workers draw the same
+    augmentations."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        rank = int(os.environ.get("RANK", "0"))
+        transform.set_random_seed(int(np.random.SeedSequence([info.seed, rank]).generate_state(1)[0]))
 
 
 # TAO's preprocess modes (Keras' imagenet_utils.preprocess_input), on 0-255 input.

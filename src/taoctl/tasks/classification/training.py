@@ -139,7 +139,7 @@ def run_training(experiment, spec_path, results_dir, key=None, classmap=None, in
     normalizer = common.normalizer_from_spec(tc, shape[0])
 
     transform = imagefolder.train_transform(shape[1:], bool(tc.enable_random_crop), bool(tc.enable_color_augmentation),
-                                            not tc.disable_horizontal_flip, interp)
+                                            not tc.disable_horizontal_flip, interp, seed=seed + dist.rank)
     dataset = imagefolder.CachedImageDataset(train_arrays, train_labels, transform)
     batch_size = int(tc.batch_size_per_gpu) or 32
     sampler = distributed.distributed_sampler(dataset, shuffle=True, seed=seed)
@@ -147,7 +147,8 @@ def run_training(experiment, spec_path, results_dir, key=None, classmap=None, in
     workers = min(int(tc.n_workers), max(threads // 2, 0))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                                          num_workers=workers, drop_last=len(dataset) > batch_size,
-                                         generator=generator, persistent_workers=workers > 0)
+                                         generator=generator, persistent_workers=workers > 0,
+                                         worker_init_fn=imagefolder.seed_worker_transform)
     epochs = int(tc.n_epochs) or 1
     steps = len(loader) * epochs
     base_lr, schedule = common.lr_schedule(tc.lr_config, dist.world_size, steps)
