@@ -1,6 +1,6 @@
 """The classification pruning table, measured in one run through the real CLI (asserts nothing).
 
-    .venv/bin/python bench/bench_pruning.py --base runs/ants_bees/train/weights/mobilenet_v2_003.tlt \
+    .venv/bin/python bench/bench_pruning.py --base runs/ants_bees/train/weights/mobilenet_v2_010.tlt \
         --retrain_spec specs/classification/mobilenet_v2_ants_bees_retrain.txt --out runs/ants_bees/pruning \
         --common "-pg 8 -el features.0 features.1 features.2 features.3" \
         --row "-pth 0.5" --row "-pth 0.4 --criterion L2_bn --cal_image_dir ../shared/data/ants_bees/train"

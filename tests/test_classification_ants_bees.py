@@ -1,8 +1,7 @@
 """Acceptance on real photos (../shared/data/ants_bees, 153 val images): slow, run with -m slow.
 
-mobilenet_v2 from the ImageNet weights with the shipped recipe reaches >= 94 % val top-1 (the issue
-asks 95 %: 7 runs of the same recipe and seed reached >= 95 % five times (96.73 % where recorded) and
-94.77 % on a failing one; training is not bit-reproducible, so 95 % is not asserted); the
+mobilenet_v2 from the ImageNet weights with the shipped recipe reaches >= 95 % val top-1 (seeded
+training repeats exactly: 96.73 % with the spec's seed; 95.42-96.73 % over seeds 1-11); the
 fp32 ONNX export gives the same top-1 and the calibrated INT8 export >= 94 %; pruned with the
 shipped retrain recipe's flags to <= 50 % of the parameters and retrained, it keeps >= 90 %.
 (The issue asks 92 %: measured 92.81 % and 91.50 % on two runs whose base models differ only by
@@ -41,11 +40,11 @@ def trained(tmp_path_factory):
     return root, run
 
 
-def test_mobilenet_v2_recipe_reaches_94_percent_and_exports(trained):
+def test_mobilenet_v2_recipe_reaches_95_percent_and_exports(trained):
     root, run = trained
-    model = run / "weights" / "mobilenet_v2_003.tlt"
+    model = run / "weights" / "mobilenet_v2_010.tlt"
     accuracy = top1(RECIPE, model, root / "eval")
-    assert accuracy >= 0.94
+    assert accuracy >= 0.95
 
     for data_type in ("fp32", "int8"):
         onnx_path = root / f"model_{data_type}.onnx"
@@ -62,7 +61,7 @@ def test_mobilenet_v2_recipe_reaches_94_percent_and_exports(trained):
 
 def test_pruned_to_half_the_parameters_keeps_90_percent(trained):
     root, run = trained
-    base = run / "weights" / "mobilenet_v2_003.tlt"
+    base = run / "weights" / "mobilenet_v2_010.tlt"
     pruned = root / "pruned.tlt"
     taoctl("classification", "prune", "-m", str(base), "-o", str(pruned), "-pth", "0.5", "-pg", "8",
            "-el", "features.0", "features.1", "features.2", "features.3", "--criterion", "L2_bn",
@@ -72,6 +71,6 @@ def test_pruned_to_half_the_parameters_keeps_90_percent(trained):
     spec = root / "retrain.txt"
     spec.write_text(RETRAIN.read_text()
                     .replace('"runs/ants_bees/pruned.tlt"', f'"{pruned}"')
-                    .replace('"runs/ants_bees/train/weights/mobilenet_v2_003.tlt"', f'"{base}"'))
+                    .replace('"runs/ants_bees/train/weights/mobilenet_v2_010.tlt"', f'"{base}"'))
     taoctl("classification", "train", "-e", str(spec), "-r", str(root / "retrain"))
     assert top1(spec, root / "retrain" / "weights" / "mobilenet_v2_003.tlt", root / "eval_retrain") >= 0.90
