@@ -67,6 +67,7 @@ def test_bn_folded_criterion_sees_what_batchnorm_does():
 def test_refit_recovers_what_pruned_channels_carried():
     # Channels 4-7 are 0.1 x channels 0-3, so the next layer can read them through 0-3: plain pruning
     # loses their share of the output, the least-squares refit gets it back exactly.
+    torch.manual_seed(0)  # with the global state other tests leave, the plain loss can fall under 1e-2
     net = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1),
                         nn.Flatten()).eval()
     with torch.no_grad():
