@@ -263,8 +263,10 @@ def seed_worker_transform(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     transform = getattr(info.dataset, "transform", None)
     if hasattr(transform, "set_random_seed"):
-        rank = int(os.environ.get("RANK", "0"))
-        transform.set_random_seed(int(np.random.SeedSequence([info.seed, rank]).generate_state(1)[0]))
+        from taoctl.engine.distributed import current
+
+        seed = np.random.SeedSequence([info.seed, current().rank]).generate_state(1)[0]
+        transform.set_random_seed(int(seed))
 
 
 # TAO's preprocess modes (Keras' imagenet_utils.preprocess_input), on 0-255 input.

@@ -205,7 +205,6 @@ def load_image_batch(paths, shape, interp, mode, strict) -> tuple[np.ndarray, li
     return (np.stack(arrays) if arrays else np.zeros((0, *shape), np.uint8)), skipped
 
 
-
 # --------------------------------------------------------------------------- optimisation
 def reg_layers(model: nn.Module, reg_config) -> tuple[str, float, list[nn.Parameter]]:
     """(type, weight_decay, weights in scope) for TAO's reg_config (scope Conv2D/Dense)."""

@@ -91,7 +91,8 @@ def _calibration_images(folder, count, manifest):
     if not paths:
         raise TaoctlError(f"--cal_image_dir {folder}: no images found")
     shape = tuple(manifest["input_shape"])
-    images, skipped = common.load_image_batch(common.sample_paths(paths, max(count, 1)), shape, manifest.get("interpolation", "BILINEAR"), "center", False)
+    images, skipped = common.load_image_batch(common.sample_paths(paths, max(count, 1)), shape,
+                                              manifest.get("interpolation", "BILINEAR"), "center", False)
     if skipped:
         click.echo(f"Warning: skipped {len(skipped)} unreadable calibration images: " + "; ".join(skipped[:3]))
     if not len(images):
