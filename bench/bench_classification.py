@@ -8,14 +8,18 @@
 2. ONNX fp32 (onnxruntime) vs eager PyTorch at batch 1 and 16 (target >= 3x);
 3. ONNX int8 (QDQ, calibrated on --images) vs ONNX fp32 at batch 16 (target >= 1.5x);
 4. every --pruned model's eager latency vs the unpruned model's, batch 16.
-Latencies are medians over --repeats runs after a warm-up, all with the same thread count. On a
-machine other jobs share, PyTorch's OpenMP threads wait on busy cores and eager latency swings
-by 100x (15 ms to 2 s for mobilenet_v2 at batch 1): read ratios from a quiet machine or use --threads 1.
+Latencies are medians over --repeats calls after a warm-up, each model and runtime alone in its own
+process, the processes taking turns, all with the same thread count. Eager PyTorch's latency
+includes the kernel time it spends faulting in fresh pages for its activations (printed), the part
+that swings most between runs. On a machine other jobs share, PyTorch's OpenMP threads wait on busy
+cores and eager latency swings by 100x: read ratios from a quiet machine or use --threads 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import resource
 import statistics
 import sys
 import tempfile
@@ -31,21 +35,72 @@ from taoctl.engine.trainer import Trainer
 from taoctl.tasks.classification import common
 
 
-def paired_medians(fns: dict, repeats: int) -> dict:
-    """Median seconds of each function, timed in turns (a, b, a, b, ...) after one warm-up each.
+def eager_runner(model_path, key, batch: np.ndarray):
+    """Runs one eager PyTorch forward pass of the .tlt model on `batch`."""
+    model, _ = common.load_classifier(model_path, key)
+    x = torch.from_numpy(batch)
 
-    Taking turns makes every side see the same machine: on a shared VM the speed drifts by 2x
-    within minutes, which timing one side after the other would read as a ratio.
+    def run():
+        with torch.no_grad():
+            model(x)
+    return run
+
+
+def onnx_runner(onnx_path, batch: np.ndarray):
+    """Runs one onnxruntime pass of the .onnx model on `batch`."""
+    session = export.ort_session(onnx_path, torch.get_num_threads())
+    return lambda: export.run_onnx(session, batch)
+
+
+def _serve(conn, threads: int, make_runner, args) -> None:
+    """One side of paired_medians, alone in its process: times a call of the runner per request."""
+    torch.set_num_threads(threads)
+    run = make_runner(*args)
+    run()  # warm-up
+    conn.send("ready")
+    while conn.recv():
+        started, kernel_started = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
+        run()
+        conn.send((time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_stime - kernel_started))
+
+
+def paired_medians(sides: dict, repeats: int, threads: int) -> tuple[dict, dict]:
+    """Median seconds per call of each side, every side in its own process, timed in turns.
+
+    Returns (wall seconds, seconds spent in the kernel) per side name; the kernel share is mostly
+    page faults: glibc hands PyTorch's activations of more than 32 MB fresh pages on every call.
+    ``sides``: name -> (make_runner, args); make_runner(*args) returns the callable to time.
+    Taking turns (a, b, a, b, ...) makes every side see the same machine: on a shared VM the speed
+    drifts by 2x within minutes, which timing one side after the other would read as a ratio. A
+    process per side is how each deploys, and it keeps the runtimes' thread pools apart: in one
+    process onnxruntime's and PyTorch's idle workers still spin on the cores the next side needs
+    (measured on the 2-core VM: int8 ONNX took 51 ms there, 29 ms alone in its process).
     """
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            started = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
+    context = multiprocessing.get_context("spawn")  # fork would copy a live OpenMP pool into the child
+    pipes, workers = {}, []
+    try:
+        for name, (make_runner, args) in sides.items():
+            parent, child = context.Pipe()
+            workers.append(context.Process(target=_serve, args=(child, threads, make_runner, args), daemon=True))
+            workers[-1].start()
+            pipes[name] = parent
+        for conn in pipes.values():
+            conn.recv()
+        times = {name: [] for name in sides}
+        for _ in range(repeats):
+            for name, conn in pipes.items():
+                time.sleep(0.05)  # the previous side's threads stop spinning before this one runs
+                conn.send(True)
+                times[name].append(conn.recv())
+        for conn in pipes.values():
+            conn.send(False)
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():
+                worker.terminate()
+    return ({name: statistics.median(wall for wall, _ in values) for name, values in times.items()},
+            {name: statistics.median(kernel for _, kernel in values) for name, values in times.items()})
 
 
 def load_images(folder: str, shape, count: int) -> np.ndarray:
@@ -137,28 +192,21 @@ def main(argv=None) -> int:
         export.export_onnx(model, fp32, shape, torch.from_numpy(x16))
         export.quantize_int8(fp32, int8, [normalizer.numpy(images[i:i + 16]) for i in range(0, 64, 16)],
                              progress=lambda m: None)
-        session32 = export.ort_session(fp32, threads)
-        session8 = export.ort_session(int8, threads)
-        xt16 = torch.from_numpy(x16)
-        runs = {}
+        sides = {}
         for batch in (1, 16):
-            x, xt = x16[:batch], xt16[:batch]
-            runs[f"eager {batch}"] = lambda xt=xt: model(xt)
-            runs[f"fp32 {batch}"] = lambda x=x: export.run_onnx(session32, x)
-        runs["int8 16"] = lambda: export.run_onnx(session8, x16)
-        for path in args.pruned:
-            pruned, _ = common.load_classifier(path, args.key)
-            p_onnx = Path(tmp) / f"pruned_{len(runs)}.onnx"
-            export.export_onnx(pruned, p_onnx, shape, xt16)
-            p_session = export.ort_session(p_onnx, threads)
-            runs[f"{path} eager"] = lambda pruned=pruned: pruned(xt16)
-            runs[f"{path} fp32"] = lambda p_session=p_session: export.run_onnx(p_session, x16)
-        with torch.no_grad():
-            seconds = paired_medians(runs, args.repeats)
+            sides[f"eager {batch}"] = (eager_runner, (args.model, args.key, x16[:batch]))
+            sides[f"fp32 {batch}"] = (onnx_runner, (fp32, x16[:batch]))
+        sides["int8 16"] = (onnx_runner, (int8, x16))
+        for i, path in enumerate(args.pruned):
+            p_onnx = Path(tmp) / f"pruned_{i}.onnx"
+            export.export_onnx(common.load_classifier(path, args.key)[0], p_onnx, shape, torch.from_numpy(x16))
+            sides[f"{path} eager"] = (eager_runner, (path, args.key, x16))
+            sides[f"{path} fp32"] = (onnx_runner, (p_onnx, x16))
+        seconds, kernel = paired_medians(sides, args.repeats, threads)
         for batch in (1, 16):
             eager, onnx_s = seconds[f"eager {batch}"], seconds[f"fp32 {batch}"]
-            print(f"batch {batch:2d}: eager {eager * 1000:.1f} ms, ONNX fp32 {onnx_s * 1000:.1f} ms, "
-                  f"ratio {eager / onnx_s:.2f}x (target >= 3x)")
+            print(f"batch {batch:2d}: eager {eager * 1000:.1f} ms ({kernel[f'eager {batch}'] * 1000:.0f} ms of it in "
+                  f"the kernel), ONNX fp32 {onnx_s * 1000:.1f} ms, ratio {eager / onnx_s:.2f}x (target >= 3x)")
         fp32_s, int8_s = seconds["fp32 16"], seconds["int8 16"]
         print(f"batch 16: ONNX fp32 {fp32_s * 1000:.1f} ms, ONNX int8 {int8_s * 1000:.1f} ms, "
               f"ratio {fp32_s / int8_s:.2f}x (target >= 1.5x)")

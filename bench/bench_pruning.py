@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench_classification import load_images, paired_medians
+from bench_classification import eager_runner, load_images, onnx_runner, paired_medians
 from taoctl.engine import export, modelfile
 from taoctl.tasks.classification import common
 
@@ -43,16 +43,13 @@ def top1(spec: Path, model: Path, out: Path) -> float:
     return json.loads((out / "results.json").read_text())["top1_accuracy"]
 
 
-def runners(model_path: Path, images, threads: int, work: Path) -> tuple:
-    """(eager, ONNX fp32) callables that each run one batch of 16."""
+def sides(model_path: Path, images, work: Path) -> tuple:
+    """(eager, ONNX fp32) sides for paired_medians, each running one batch of 16."""
     model, manifest = common.load_classifier(model_path)
-    shape = tuple(manifest["input_shape"])
     x16 = common.normalizer_from_manifest(manifest).numpy(images)
-    xt = torch.from_numpy(x16)
     path = work / f"{len(list(work.iterdir()))}.onnx"
-    export.export_onnx(model, path, shape, xt)
-    session = export.ort_session(path, threads)
-    return (lambda: model(xt)), (lambda: export.run_onnx(session, x16))
+    export.export_onnx(model, path, tuple(manifest["input_shape"]), torch.from_numpy(x16))
+    return (eager_runner, (model_path, None, x16)), (onnx_runner, (path, x16))
 
 
 def main(argv=None) -> int:
@@ -91,11 +88,11 @@ def main(argv=None) -> int:
         print(f"measured `{flags}`: {after_prune:.2%} after pruning, {rows[-1][3]:.2%} after retraining", flush=True)
 
     # Latencies last, every model taking turns, so that all see the same machine.
-    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+    with tempfile.TemporaryDirectory() as tmp:
         runs = {}
         for name, path in [("base", args.base)] + [(str(i), f) for i, f in enumerate(finals)]:
-            runs[f"{name} eager"], runs[f"{name} onnx"] = runners(path, images, args.threads, Path(tmp))
-        seconds = paired_medians(runs, args.repeats)
+            runs[f"{name} eager"], runs[f"{name} onnx"] = sides(path, images, Path(tmp))
+        seconds, _ = paired_medians(runs, args.repeats, args.threads)
     base_eager, base_onnx = seconds["base eager"], seconds["base onnx"]
     params_before, macs_before = rows[0][1]["params_before"], rows[0][1]["macs_before"]
     print("\n| prune flags | params | MACs | top-1 after pruning | top-1 after retraining | eager batch 16 | "
