@@ -164,6 +164,28 @@ def test_prune_with_bn_criterion_and_refit_on_images(workflow, tmp_path):
     assert not (tmp_path / "x.tlt").exists()
 
 
+def test_calibration_tensorfile_feeds_int8_export(workflow, tmp_path):
+    root, data, spec, run, _ = workflow
+    cal = tmp_path / "cal.npy"
+    made = taoctl("classification", "calibration_tensorfile", "-e", str(spec), "-o", str(cal), "-m", "4")
+    assert "broken.jpg" in made.stdout  # the corrupt file is named, not fatal
+    images = np.load(cal)
+    # 4 batches of batch_size_per_gpu 8 ask for more than the 31 training files: all but the broken one
+    assert images.dtype == np.uint8 and images.shape == (30, 3, 32, 32)
+    assert not list(tmp_path.glob(".*tmp*"))
+    onnx_path = tmp_path / "int8.onnx"
+    exported = taoctl("classification", "export", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
+                      "-o", str(onnx_path), "--data_type", "int8", "--cal_data_file", str(cal), "--batches", "2")
+    assert f"Read 30 calibration images from {cal}" in exported.stdout and "Calibrating on 16 images" in exported.stdout
+    assert onnx_path.exists() and "top-1 agreement" in exported.stdout
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((4, 3, 16, 16), np.uint8))
+    bad = taoctl("classification", "export", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
+                 "-o", str(tmp_path / "x.onnx"), "--data_type", "int8", "--cal_data_file", str(wrong), check=False)
+    assert bad.returncode == 2 and "--cal_data_file" in bad.stderr and "3 x 32 x 32" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x.onnx").exists()
+
+
 def test_dry_runs_check_the_paths_they_would_use(workflow, tmp_path):
     root, data, spec, run, _ = workflow
     model = str(run / "weights" / "resnet_002.tlt")

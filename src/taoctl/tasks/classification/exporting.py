@@ -11,7 +11,7 @@ import torch
 
 from taoctl.engine import export
 from taoctl.errors import TaoctlError
-from taoctl.fileio import write_atomic
+from taoctl.fileio import atomic_path, write_atomic
 from taoctl.tasks.classification import common
 
 
@@ -38,8 +38,15 @@ def run_export(model_path, output_file, key, experiment_spec, data_type, cal_ima
 
     center = bool(experiment.eval_config.enable_center_crop) if experiment is not None else True
     mode = "center" if center else "resize"
-    paths = common.image_paths(cal_image_dir, experiment)
-    check_images, skipped = common.load_image_batch(paths[:16], shape, interp, mode, strict)
+    # As in TAO, an existing --cal_data_file stands in for the image folders unless --cal_image_dir is given.
+    tensorfile = read_calibration_file(cal_data_file, shape) if cal_data_file and not cal_image_dir and \
+        Path(cal_data_file).exists() else None
+    paths = [] if tensorfile is not None else common.image_paths(cal_image_dir, experiment)
+    if tensorfile is not None:
+        check_images, skipped = tensorfile[:16], []
+        print(f"Read {len(tensorfile)} calibration images from {cal_data_file}", flush=True)
+    else:
+        check_images, skipped = common.load_image_batch(paths[:16], shape, interp, mode, strict)
     if len(check_images):
         sample = torch.from_numpy(normalizer.numpy(check_images))
         what = f"{len(check_images)} real images"
@@ -61,13 +68,16 @@ def run_export(model_path, output_file, key, experiment_spec, data_type, cal_ima
             print(f"ONNX fp16 vs fp32: max abs diff {diff16:.3g}", flush=True)
         elif data_type == "int8":
             count = max(1, batches) * max(1, batch_size)
-            if not paths:
-                raise TaoctlError("INT8 calibration needs images: pass --cal_image_dir or -e with dataset paths")
-            images, bad = common.load_image_batch(common.sample_paths(paths, count), shape, interp, mode, strict)
-            skipped += bad
-            if cal_data_file:
-                np.save(cal_data_file, images)
-                print(f"Wrote calibration images to {cal_data_file}", flush=True)
+            if tensorfile is not None:
+                images = tensorfile[:count]
+            elif not paths:
+                raise TaoctlError("INT8 calibration needs images: pass --cal_image_dir, --cal_data_file or -e with "
+                                  "dataset paths")
+            else:
+                images, bad = common.load_image_batch(common.sample_paths(paths, count), shape, interp, mode, strict)
+                skipped += bad
+                if cal_data_file:
+                    write_calibration_file(cal_data_file, images)
             cal_batches = [normalizer.numpy(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
             cache = Path(cal_cache_file) if cal_cache_file else output.with_suffix(".cal.bin")
             export.quantize_int8(fp32, output, cal_batches, cache_path=cache, method=cal_method,
@@ -103,3 +113,45 @@ def run_export(model_path, output_file, key, experiment_spec, data_type, cal_ima
                                  max_batch_size=max_batch_size)
         print(f"Wrote DeepStream config {config} and {labels}", flush=True)
     return output
+
+
+def write_calibration_file(path, images: np.ndarray) -> None:
+    """Calibration images (uint8, N x C x H x W, not yet normalised) as one .npy, written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, images)
+    print(f"Wrote {len(images)} calibration images to {path}", flush=True)
+
+
+def read_calibration_file(path, shape) -> np.ndarray:
+    """The images of a calibration file, checked against the model's input shape."""
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise TaoctlError(f"--cal_data_file {path}: not a calibration file written by taoctl ({exc})") from exc
+    if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(shape) or not len(images):
+        raise TaoctlError(f"--cal_data_file {path}: holds {images.dtype} images of shape {images.shape}; the model "
+                          f"takes uint8 N x {' x '.join(map(str, shape))}")
+    return images
+
+
+def run_calibration_tensorfile(experiment, output, max_batches: int, use_validation_set: bool, strict: bool) -> Path:
+    """Samples max_batches x batch_size_per_gpu images of the spec's training (or validation) set."""
+    train = experiment.train_config
+    folder = train.val_dataset_path if use_validation_set else train.train_dataset_path
+    which = "val_dataset_path" if use_validation_set else "train_dataset_path"
+    if not folder or not Path(folder).is_dir():
+        raise TaoctlError(f"train_config.{which}: {folder or '(empty)'} is not a folder")
+    paths = common.image_paths(folder, None)
+    if not paths:
+        raise TaoctlError(f"train_config.{which}: no images in {folder}")
+    shape = common.input_shape(experiment.model_config)
+    count = max(1, max_batches) * max(1, train.batch_size_per_gpu or 1)
+    mode = "center" if experiment.eval_config.enable_center_crop else "resize"
+    interp = common.interpolation(experiment.model_config)
+    images, skipped = common.load_image_batch(common.sample_paths(paths, count), shape, interp, mode, strict)
+    for why in skipped:
+        print(f"Warning: skipped {why}", flush=True)
+    if not len(images):
+        raise TaoctlError(f"train_config.{which}: none of the sampled images in {folder} could be read")
+    write_calibration_file(output, images)
+    return Path(output)

@@ -22,7 +22,8 @@ from taoctl.engine.cli import CONTEXT_SETTINGS, key_option, spec_option
 @spec_option(required=False, names=("-e", "--experiment_spec", "--experiment_spec_file"))
 @click.option("--data_type", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @click.option("--cal_image_dir", default=None, help="Images to calibrate INT8 on (searched recursively).")
-@click.option("--cal_data_file", default=None, help="Also save the calibration batches here (.npy).")
+@click.option("--cal_data_file", default=None,
+              help="Calibration images (.npy): read when it exists and no --cal_image_dir is given, else written.")
 @click.option("--cal_cache_file", default=None, help="TensorRT calibration cache (default <output>.cal.bin).")
 @click.option("--batches", type=int, default=10, show_default=True, help="Calibration batches.")
 @click.option("--batch_size", type=int, default=8, show_default=True, help="Calibration batch size.")
