@@ -162,6 +162,18 @@ def test_prune_with_bn_criterion_and_refit_on_images(workflow, tmp_path):
                      "-o", str(tmp_path / "x.tlt"), "--cal_image_dir", str(tmp_path / "nowhere"), check=False)
     assert missing.returncode == 2 and "--cal_image_dir" in missing.stderr and "Traceback" not in missing.stderr
     assert not (tmp_path / "x.tlt").exists()
+    head = tmp_path / "head.tlt"
+    result = taoctl("classification", "prune", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
+                    "-o", str(head), "-pth", "0.8", "-pg", "4", "-nf", "4", "--criterion", "L2_bn",
+                    "--cal_image_dir", str(data / "train"), "--classifier_input_ratio", "0.25")
+    assert "Pruned the classifier's inputs" in result.stdout
+    manifest = modelfile.load_model(head, "secret").manifest
+    assert manifest["pruning"]["classifier_input_ratio"] == 0.25
+    assert manifest["pruning"]["params_after"] < record["params_after"]
+    taoctl("classification", "evaluate", "-e", str(spec), "-m", str(head), "-k", "secret", "-r", str(tmp_path / "e"))
+    no_images = taoctl("classification", "prune", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
+                       "-o", str(tmp_path / "y.tlt"), "--classifier_input_ratio", "0.5", check=False)
+    assert no_images.returncode == 2 and "pass --cal_image_dir" in no_images.stderr
 
 
 def test_calibration_tensorfile_feeds_int8_export(workflow, tmp_path):

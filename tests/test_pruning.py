@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from taoctl.engine.backbones import create_model
-from taoctl.engine.pruning import prune_model, reconstruct
+from taoctl.engine.pruning import prune_classifier_inputs, prune_model, reconstruct
 from taoctl.errors import TaoctlError
 
 
@@ -104,3 +104,44 @@ def test_refit_brings_a_pruned_mobilenet_closer_to_the_original():
         after = (model(held_out) - original(held_out)).pow(2).mean()
     assert refit and all(not name.startswith("classifier") for name in refit)
     assert after < 0.5 * before
+
+
+def _pooled_classifier(spatial: int = 1) -> nn.Module:
+    """conv(3->16) + BN + ReLU, pooled to ``spatial`` x ``spatial``, flattened into a 2-class linear head."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(spatial), nn.Flatten(), nn.Linear(16 * spatial * spatial, 2))
+    with torch.no_grad():
+        net[0].weight /= net[0].weight.flatten(1).norm(dim=1)[:, None, None, None]  # norms cannot rank them
+        net[5].weight.mul_(0.01)
+        net[5].weight[:, :4] = torch.tensor([[2.0, -1.5, 1.0, -2.5], [-1.0, 2.0, -2.0, 1.5]])
+        net[0].weight[5] = 0  # channel 5 is a constant 3 after BatchNorm and ReLU: it only shifts the logits
+        net[1].bias[5] = 3.0
+        net[5].weight[:, 5] = torch.tensor([5.0, -4.0])
+    return net.eval()
+
+
+def test_classifier_inputs_ranked_by_their_effect_on_the_logits():
+    net = _pooled_classifier()
+    original = copy.deepcopy(net)
+    images, held_out = torch.randn(64, 3, 8, 8), torch.randn(16, 3, 8, 8)
+    assert prune_classifier_inputs(net, "5", images, 1.0, granularity=1, min_filters=1) is None
+    assert prune_classifier_inputs(net, "5", images, 0.25, granularity=1, min_filters=1) == ("0", 16, 4)
+    assert net[0].out_channels == net[1].num_features == net[5].in_features == 4
+    # the four heavily weighted channels stay; the constant one (large weight, no spread) goes, and
+    # its contribution moves into the bias, so the logits stay close
+    assert torch.equal(net[5].weight, original[5].weight[:, :4])
+    with torch.no_grad():
+        dropped_mean = original[:5](images)[:, 4:].mean(0)
+        assert torch.allclose(net[5].bias, original[5].bias + original[5].weight[:, 4:] @ dropped_mean, atol=1e-5)
+        assert (net(held_out) - original(held_out)).abs().max() < 0.05 * original(held_out).abs().max()
+
+
+def test_classifier_input_pruning_needs_a_pooled_linear_head():
+    images = torch.randn(8, 3, 8, 8)
+    with pytest.raises(TaoctlError, match="not one per channel"):
+        prune_classifier_inputs(_pooled_classifier(spatial=2), "5", images, 0.25, granularity=1, min_filters=1)
+    with pytest.raises(TaoctlError, match="no linear layer"):
+        prune_classifier_inputs(_pooled_classifier(), "0", images, 0.25)
+    with pytest.raises(TaoctlError, match=r"not in \(0, 1\]"):
+        prune_classifier_inputs(_pooled_classifier(), "5", images, 1.5)

@@ -5,7 +5,9 @@ adds/concatenations (-eq), rounding kept channels to -pg and keeping at least -n
 .tlt records every layer's width, so it loads with no extra code and retrains through
 train_config.pretrained_model_path. taoctl extensions: --criterion L2_bn scores filters with
 their BatchNorm folded in; --cal_image_dir refits the layers fed by pruned channels so they
-reproduce the unpruned model's outputs on those images.
+reproduce the unpruned model's outputs on those images; --classifier_input_ratio also prunes the
+classifier's input features (the last layer's channels, which filter norms cannot rank) by how
+much they move the logits on those images.
 """
 
 from __future__ import annotations
@@ -41,13 +43,21 @@ from taoctl.engine.cli import CONTEXT_SETTINGS, MultiValueOption, key_option, re
                    "squares to reproduce the unpruned model's outputs (taoctl extension).")
 @click.option("--cal_images", type=int, default=256, show_default=True,
               help="At most this many --cal_image_dir images are used.")
+@click.option("--classifier_input_ratio", type=float, default=None,
+              help="Keep this fraction of the classifier's input features (and the channels of the layer that "
+                   "makes them), those that move the logits most on the --cal_image_dir images (taoctl extension).")
 @results_dir_option()
 @click.option("-v", "--verbose", is_flag=True, help="List every pruned layer; show tracebacks.")
 def command(model_path, output_file, key, normalizer, equalization_criterion, pruning_granularity, pruning_threshold,
-            min_num_filters, criterion, excluded_layers, cal_image_dir, cal_images, results_dir, verbose):
+            min_num_filters, criterion, excluded_layers, cal_image_dir, cal_images, classifier_input_ratio,
+            results_dir, verbose):
     from taoctl.engine import modelfile
-    from taoctl.engine.pruning import prune_model, reconstruct
+    from taoctl.engine.pruning import count_macs_params, prune_classifier_inputs, prune_model, reconstruct
+    from taoctl.errors import TaoctlError
     from taoctl.tasks.classification import common
+
+    if classifier_input_ratio is not None and not cal_image_dir:
+        raise TaoctlError("--classifier_input_ratio ranks features on images: pass --cal_image_dir too")
 
     model, manifest = common.load_classifier(model_path, key or None)
     calibration = _calibration_images(cal_image_dir, cal_images, manifest) if cal_image_dir else None
@@ -66,6 +76,15 @@ def command(model_path, output_file, key, normalizer, equalization_criterion, pr
     if calibration is not None:
         refit = reconstruct(original, model, calibration, report.kept_outputs, log=click.echo if verbose else None)
         click.echo(f"Refit {len(refit)} layers on {len(calibration)} images from {cal_image_dir}")
+    if classifier_input_ratio is not None:  # after the refit: rank the features the pruned model computes
+        head_layer = prune_classifier_inputs(model, head, calibration, classifier_input_ratio, pruning_granularity,
+                                             min_num_filters)
+        if head_layer:
+            report.layers.append(head_layer)
+            report.macs_after, report.params_after = count_macs_params(model, tuple(manifest["input_shape"]))
+            click.echo(f"Pruned the classifier's inputs ({head_layer[0]}): {head_layer[1]} -> {head_layer[2]} "
+                       f"channels; parameters now {report.params_after:,} ({report.param_ratio * 100:.1f} %), "
+                       f"MACs {report.macs_after:,} ({report.macs_after / max(report.macs_before, 1) * 100:.1f} %)")
     manifest = {k: v for k, v in manifest.items() if k not in ("layers", "format", "format_version", "taoctl_version",
                                                                  "epoch", "metrics")}
     manifest["pruning"] = {"source": str(model_path), "threshold": pruning_threshold, "normalizer": normalizer,
@@ -73,6 +92,7 @@ def command(model_path, output_file, key, normalizer, equalization_criterion, pr
                            "granularity": pruning_granularity, "min_num_filters": min_num_filters,
                            "excluded_layers": list(excluded_layers),
                            "calibration_images": len(calibration) if calibration is not None else 0,
+                           "classifier_input_ratio": classifier_input_ratio,
                            "params_before": report.params_before, "params_after": report.params_after,
                            "macs_before": report.macs_before, "macs_after": report.macs_after}
     modelfile.save_model(output_file, model, manifest, key=key or None)
