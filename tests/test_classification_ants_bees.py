@@ -3,9 +3,8 @@
 mobilenet_v2 from the ImageNet weights with the shipped recipe reaches >= 95 % val top-1 (seeded
 training repeats exactly: 96.73 % with the spec's seed; 95.42-96.73 % over seeds 1-11); the
 fp32 ONNX export gives the same top-1 and the calibrated INT8 export >= 94 %; pruned with the
-shipped retrain recipe's flags to <= 50 % of the parameters and retrained, it keeps >= 90 %.
-(The issue asks 92 %: measured 92.81 % and 91.50 % on two runs whose base models differ only by
-training's non-determinism, so 92 % is not asserted; see docs/pruning_table.md.)
+shipped retrain recipe's flags to <= 50 % of the parameters and retrained, it keeps >= 92 %
+(measured 93.46-94.12 % over random_seed 42, 1-4 of the retrain; docs/pruning_table.md).
 """
 
 from __future__ import annotations
@@ -59,13 +58,13 @@ def test_mobilenet_v2_recipe_reaches_95_percent_and_exports(trained):
             assert onnx_top1 >= 0.94
 
 
-def test_pruned_to_half_the_parameters_keeps_90_percent(trained):
+def test_pruned_to_half_the_parameters_keeps_92_percent(trained):
     root, run = trained
     base = run / "weights" / "mobilenet_v2_010.tlt"
     pruned = root / "pruned.tlt"
-    taoctl("classification", "prune", "-m", str(base), "-o", str(pruned), "-pth", "0.5", "-pg", "8",
+    taoctl("classification", "prune", "-m", str(base), "-o", str(pruned), "-pth", "0.4", "-pg", "8",
            "-el", "features.0", "features.1", "features.2", "features.3", "--criterion", "L2_bn",
-           "--cal_image_dir", str(DATA / "train"))
+           "--cal_image_dir", str(DATA / "train"), "--classifier_input_ratio", "0.2")
     record = modelfile.load_model(pruned).manifest["pruning"]
     assert record["params_after"] <= 0.5 * record["params_before"]
     spec = root / "retrain.txt"
@@ -73,4 +72,4 @@ def test_pruned_to_half_the_parameters_keeps_90_percent(trained):
                     .replace('"runs/ants_bees/pruned.tlt"', f'"{pruned}"')
                     .replace('"runs/ants_bees/train/weights/mobilenet_v2_010.tlt"', f'"{base}"'))
     taoctl("classification", "train", "-e", str(spec), "-r", str(root / "retrain"))
-    assert top1(spec, root / "retrain" / "weights" / "mobilenet_v2_003.tlt", root / "eval_retrain") >= 0.90
+    assert top1(spec, root / "retrain" / "weights" / "mobilenet_v2_003.tlt", root / "eval_retrain") >= 0.92
