@@ -9,7 +9,7 @@
 3. ONNX int8 (QDQ, calibrated on --images) vs ONNX fp32 at batch 16 (target >= 1.5x);
 4. every --pruned model's eager latency vs the unpruned model's, batch 16.
 Latencies are medians over --repeats calls after a warm-up, each model and runtime alone in its own
-process, the processes taking turns, all with the same thread count. Eager PyTorch's latency
+process, all pinned to the same cores and taking turns, all with the same thread count. Eager PyTorch's latency
 includes the kernel time it spends faulting in fresh pages for its activations (printed), the part
 that swings most between runs. On a machine other jobs share, PyTorch's OpenMP threads wait on busy
 cores and eager latency swings by 100x: read ratios from a quiet machine or use --threads 1.
@@ -71,9 +71,9 @@ def _serve(conn, threads: int, make_runner, args) -> None:
 def paired_medians(sides: dict, repeats: int, threads: int) -> tuple[dict, dict]:
     """Median seconds per call of each side, every side in its own process, timed in turns.
 
+    ``sides``: name -> (make_runner, args); make_runner(*args) returns the callable to time.
     Returns (wall seconds, seconds spent in the kernel) per side name; the kernel share is mostly
     page faults: glibc hands PyTorch's activations of more than 32 MB fresh pages on every call.
-    ``sides``: name -> (make_runner, args); make_runner(*args) returns the callable to time.
     Taking turns (a, b, a, b, ...) makes every side see the same machine: on a shared VM the speed
     drifts by 2x within minutes, which timing one side after the other would read as a ratio. A
     process per side is how each deploys, and it keeps the runtimes' thread pools apart: in one
