@@ -201,9 +201,12 @@ def main(argv=None) -> int:
             sides[f"eager {batch}"] = (eager_runner, (args.model, args.key, x16[:batch]))
             sides[f"fp32 {batch}"] = (onnx_runner, (fp32, x16[:batch]))
         sides["int8 16"] = (onnx_runner, (int8, x16))
+        pruned_params = {}
         for i, path in enumerate(args.pruned):
             p_onnx = Path(tmp) / f"pruned_{i}.onnx"
-            export.export_onnx(common.load_classifier(path, args.key)[0], p_onnx, shape, torch.from_numpy(x16))
+            pruned = common.load_classifier(path, args.key)[0]
+            pruned_params[path] = sum(p.numel() for p in pruned.parameters())
+            export.export_onnx(pruned, p_onnx, shape, torch.from_numpy(x16))
             sides[f"{path} eager"] = (eager_runner, (path, args.key, x16))
             sides[f"{path} fp32"] = (onnx_runner, (p_onnx, x16))
         seconds, kernel = paired_medians(sides, args.repeats, threads)
@@ -216,8 +219,7 @@ def main(argv=None) -> int:
               f"ratio {fp32_s / int8_s:.2f}x (target >= 1.5x)")
         for path in args.pruned:
             pruned_s, p_onnx_s = seconds[f"{path} eager"], seconds[f"{path} fp32"]
-            params = sum(p.numel() for p in common.load_classifier(path, args.key)[0].parameters())
-            print(f"pruned {path}: {params:,} params, eager batch 16 {pruned_s * 1000:.1f} ms vs unpruned "
+            print(f"pruned {path}: {pruned_params[path]:,} params, eager batch 16 {pruned_s * 1000:.1f} ms vs unpruned "
                   f"{seconds['eager 16'] * 1000:.1f} ms (speed-up {seconds['eager 16'] / pruned_s:.2f}x), "
                   f"ONNX fp32 {p_onnx_s * 1000:.1f} ms vs {fp32_s * 1000:.1f} ms ({fp32_s / p_onnx_s:.2f}x)")
     return 0

@@ -188,9 +188,10 @@ def image_paths(cal_image_dir: str | None, experiment) -> list[str]:
     return []
 
 
-def sample_paths(paths: list[str], count: int) -> list[str]:
-    """A seeded random choice of ``count`` paths (all when fewer), in their original order."""
-    return [paths[i] for i in sorted(np.random.default_rng(0).permutation(len(paths))[:count])]
+def load_image_sample(paths: list[str], count: int, shape, interp, mode, strict) -> tuple[np.ndarray, list[str]]:
+    """load_image_batch of a seeded random choice of ``count`` paths (all when fewer), in their order."""
+    chosen = [paths[i] for i in sorted(np.random.default_rng(0).permutation(len(paths))[:count])]
+    return load_image_batch(chosen, shape, interp, mode, strict)
 
 
 def load_image_batch(paths, shape, interp, mode, strict) -> tuple[np.ndarray, list[str]]:

@@ -74,7 +74,7 @@ def run_export(model_path, output_file, key, experiment_spec, data_type, cal_ima
                 raise TaoctlError("INT8 calibration needs images: pass --cal_image_dir, --cal_data_file or -e with "
                                   "dataset paths")
             else:
-                images, bad = common.load_image_batch(common.sample_paths(paths, count), shape, interp, mode, strict)
+                images, bad = common.load_image_sample(paths, count, shape, interp, mode, strict)
                 skipped += bad
                 if cal_data_file:
                     write_calibration_file(cal_data_file, images)
@@ -148,7 +148,7 @@ def run_calibration_tensorfile(experiment, output, max_batches: int, use_validat
     count = max(1, max_batches) * max(1, train.batch_size_per_gpu or 1)
     mode = "center" if experiment.eval_config.enable_center_crop else "resize"
     interp = common.interpolation(experiment.model_config)
-    images, skipped = common.load_image_batch(common.sample_paths(paths, count), shape, interp, mode, strict)
+    images, skipped = common.load_image_sample(paths, count, shape, interp, mode, strict)
     for why in skipped:
         print(f"Warning: skipped {why}", flush=True)
     if not len(images):

@@ -70,9 +70,7 @@ def command(model_path, output_file, key, normalizer, equalization_criterion, pr
     if verbose:
         for name, before, after in report.layers:
             click.echo(f"  {name}: {before} -> {after} channels")
-    click.echo(f"Pruned {len(report.layers)} layer groups: parameters {report.params_before:,} -> "
-               f"{report.params_after:,} ({report.param_ratio * 100:.1f} %), MACs {report.macs_before:,} -> "
-               f"{report.macs_after:,} ({report.macs_after / max(report.macs_before, 1) * 100:.1f} %)")
+    click.echo(f"Pruned {len(report.layers)} layer groups: {_sizes(report)}")
     if calibration is not None:
         refit = reconstruct(original, model, calibration, report.kept_outputs, log=click.echo if verbose else None)
         click.echo(f"Refit {len(refit)} layers on {len(calibration)} images from {cal_image_dir}")
@@ -83,8 +81,7 @@ def command(model_path, output_file, key, normalizer, equalization_criterion, pr
             report.layers.append(head_layer)
             report.macs_after, report.params_after = count_macs_params(model, tuple(manifest["input_shape"]))
             click.echo(f"Pruned the classifier's inputs ({head_layer[0]}): {head_layer[1]} -> {head_layer[2]} "
-                       f"channels; parameters now {report.params_after:,} ({report.param_ratio * 100:.1f} %), "
-                       f"MACs {report.macs_after:,} ({report.macs_after / max(report.macs_before, 1) * 100:.1f} %)")
+                       f"channels; {_sizes(report)}")
     manifest = {k: v for k, v in manifest.items() if k not in ("layers", "format", "format_version", "taoctl_version",
                                                                  "epoch", "metrics")}
     manifest["pruning"] = {"source": str(model_path), "threshold": pruning_threshold, "normalizer": normalizer,
@@ -100,6 +97,12 @@ def command(model_path, output_file, key, normalizer, equalization_criterion, pr
     return 0
 
 
+def _sizes(report) -> str:
+    return (f"parameters {report.params_before:,} -> {report.params_after:,} ({report.param_ratio * 100:.1f} %), "
+            f"MACs {report.macs_before:,} -> {report.macs_after:,} "
+            f"({report.macs_after / max(report.macs_before, 1) * 100:.1f} %)")
+
+
 def _calibration_images(folder, count, manifest):
     """Up to ``count`` images of ``folder`` (a seeded random choice), preprocessed as the model expects."""
     import torch
@@ -111,8 +114,8 @@ def _calibration_images(folder, count, manifest):
     if not paths:
         raise TaoctlError(f"--cal_image_dir {folder}: no images found")
     shape = tuple(manifest["input_shape"])
-    images, skipped = common.load_image_batch(common.sample_paths(paths, max(count, 1)), shape,
-                                              manifest.get("interpolation", "BILINEAR"), "center", False)
+    images, skipped = common.load_image_sample(paths, max(count, 1), shape, manifest.get("interpolation", "BILINEAR"),
+                                               "center", False)
     if skipped:
         click.echo(f"Warning: skipped {len(skipped)} unreadable calibration images: " + "; ".join(skipped[:3]))
     if not len(images):
