@@ -196,6 +196,11 @@ def test_calibration_tensorfile_feeds_int8_export(workflow, tmp_path):
                  "-o", str(tmp_path / "x.onnx"), "--data_type", "int8", "--cal_data_file", str(wrong), check=False)
     assert bad.returncode == 2 and "--cal_data_file" in bad.stderr and "3 x 32 x 32" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "x.onnx").exists()
+    garbage = tmp_path / "garbage.npy"
+    garbage.write_text("not numpy")
+    bad = taoctl("classification", "export", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
+                 "-o", str(tmp_path / "x.onnx"), "--data_type", "int8", "--cal_data_file", str(garbage), check=False)
+    assert bad.returncode == 2 and "not a .npy calibration file" in bad.stderr and "pickle" not in bad.stderr
 
 
 def test_dry_runs_check_the_paths_they_would_use(workflow, tmp_path):

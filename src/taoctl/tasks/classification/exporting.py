@@ -124,10 +124,14 @@ def write_calibration_file(path, images: np.ndarray) -> None:
 
 def read_calibration_file(path, shape) -> np.ndarray:
     """The images of a calibration file, checked against the model's input shape."""
+    not_ours = f"--cal_data_file {path}: not a .npy calibration file (calibration_tensorfile writes one)"
     try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":  # else numpy's message is about pickled data
+                raise TaoctlError(not_ours)
         images = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise TaoctlError(f"--cal_data_file {path}: not a calibration file written by taoctl ({exc})") from exc
+        raise TaoctlError(f"{not_ours}: {exc}") from exc
     if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(shape) or not len(images):
         raise TaoctlError(f"--cal_data_file {path}: holds {images.dtype} images of shape {images.shape}; the model "
                           f"takes uint8 N x {' x '.join(map(str, shape))}")
