@@ -232,3 +232,28 @@ def test_user_errors_are_one_line(workflow, tmp_path):
     strict = taoctl("classification", "train", "-e", str(spec), "-r", str(tmp_path / "strict"), "--strict",
                     check=False)
     assert strict.returncode == 2 and "broken.jpg" in strict.stderr
+
+
+def test_model_parallelism_splits_on_gpus_and_says_why_not_otherwise(workflow, tmp_path):
+    import torch
+
+    root, data, spec, run, _ = workflow
+    split = tmp_path / "split.txt"
+    split.write_text(SPEC.format(data=data, pretrained="model_parallelism: 0.5 model_parallelism: 0.5", epochs=1))
+    result = taoctl("classification", "train", "-e", str(split), "-r", str(tmp_path / "split"), check=False)
+    if torch.cuda.device_count() >= 2:
+        assert result.returncode == 0, result.stderr
+        assert "Model parallelism: cuda:0: conv1" in result.stdout and "; cuda:1: " in result.stdout
+    else:
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "train_config.model_parallelism: splitting the model across 2 GPUs needs 2 CUDA device(s)" \
+            in result.stderr
+        assert not (tmp_path / "split").exists()
+    zero = tmp_path / "zero.txt"
+    zero.write_text(SPEC.format(data=data, pretrained="model_parallelism: 1 model_parallelism: 0", epochs=1))
+    result = taoctl("classification", "train", "-e", str(zero), "-r", str(tmp_path / "zero"), check=False)
+    assert result.returncode == 2 and "train_config.model_parallelism: the fractions must all be > 0" in result.stderr
+    whole = tmp_path / "whole.txt"
+    whole.write_text(SPEC.format(data=data, pretrained="model_parallelism: 1.0", epochs=1))
+    taoctl("classification", "train", "-e", str(whole), "-r", str(tmp_path / "whole"))  # one part: no split
+    assert (tmp_path / "whole" / "weights" / "resnet_001.tlt").exists()

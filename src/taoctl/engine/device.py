@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from taoctl.errors import TaoctlError
+
 
 def select_device(gpus: int = 1, gpu_index: tuple[int, ...] | list[int] | None = None,
                   use_amp: bool = False, quiet: bool = False) -> torch.device:
@@ -22,6 +24,26 @@ def select_device(gpus: int = 1, gpu_index: tuple[int, ...] | list[int] | None =
         if use_amp:
             print("Notice: --use_amp has no effect on CPU; training in fp32.", flush=True)
     return torch.device("cpu")
+
+
+def model_parallel_devices(count: int, gpu_index: tuple[int, ...] | list[int] | None = None) -> list[torch.device]:
+    """The ``count`` GPUs this process splits its model across.
+
+    As in TAO, data-parallel process r (LOCAL_RANK) takes the r-th run of ``count`` consecutive
+    allowed GPUs, so --gpus N with a split over ``count`` needs N x count of them.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    available = torch.cuda.device_count()
+    allowed = list(gpu_index) if gpu_index else list(range(available))
+    needed = count * processes
+    if len(allowed) < needed:
+        per = f" ({count} per process x {processes} processes)" if processes > 1 else ""
+        which = f"--gpu_index allows {len(allowed)}" if gpu_index else f"this machine has {available}"
+        raise TaoctlError(f"splitting the model across {count} GPUs needs {needed} CUDA device(s){per}; {which}")
+    devices = [torch.device("cuda", i) for i in allowed[local_rank * count:(local_rank + 1) * count]]
+    torch.cuda.set_device(devices[0])
+    return devices
 
 
 def amp_enabled(device: torch.device, use_amp: bool) -> bool:

@@ -37,6 +37,7 @@ from torch import nn
 
 from taoctl.engine import distributed, modelfile
 from taoctl.engine.device import amp_enabled
+from taoctl.engine.model_parallel import spans_devices
 from taoctl.errors import TaoctlError
 from taoctl.fileio import write_atomic
 
@@ -362,7 +363,9 @@ class Trainer:
             generator.manual_seed(self.seed * 1000 + epoch)
 
     def train(self) -> nn.Module:
-        self.model.to(self.device)
+        split = spans_devices(self.model)  # model parallel: its layers stay where they were placed
+        if not split:
+            self.model.to(self.device)
         if self.resume:
             newest = self.newest_checkpoint()
             if newest is not None:
@@ -370,7 +373,8 @@ class Trainer:
                 if self.dist.is_main:
                     print(f"Resuming from epoch {newest} checkpoint {self.weights_path(newest)}", flush=True)
         if self.dist.enabled:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            # DDP wants no device_ids for a module on several devices (and for CPU).
+            device_ids = [self.device.index] if self.device.type == "cuda" and not split else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         with tee_output(self.log_file if self.dist.is_main else None):
             self._call("before_train")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from taoctl.engine import distributed
+from taoctl.engine import distributed, model_parallel
 from taoctl.engine.data import imagefolder
-from taoctl.engine.device import select_device
+from taoctl.engine.device import model_parallel_devices, select_device
 from taoctl.engine.metrics.classification import ClassificationMeter
 from taoctl.engine.trainer import Hook, Trainer, prepare_results_dir, seed_everything
 from taoctl.errors import TaoctlError
@@ -93,18 +94,29 @@ def _distillation(train_config):
     return cfg.teacher_model_path, alpha, cfg.temperature if cfg.temperature else 4.0
 
 
+@contextlib.contextmanager
+def _field_errors(field: str):
+    """Prefix the engine's errors with the spec field they are about."""
+    try:
+        yield
+    except TaoctlError as exc:
+        raise TaoctlError(f"{field}: {exc}") from None
+
+
+def _model_parallel_devices(fractions, gpu_index):
+    with _field_errors("train_config.model_parallelism"):
+        model_parallel.check_fractions(fractions)
+        return model_parallel_devices(len(fractions), gpu_index)
+
+
 def run_training(experiment, spec_path, results_dir, key=None, classmap=None, init_epoch=1, strict=False,
                  force=False, gpus=1, gpu_index=None, use_amp=False, log_file=None) -> nn.Module:
     mc, tc = experiment.model_config, experiment.train_config
     spec_text = Path(spec_path).read_text()
     dist = distributed.init_distributed()
-    device = select_device(gpus, gpu_index, use_amp)
-    if list(tc.model_parallelism):
-        available = torch.cuda.device_count()
-        raise TaoctlError(f"train_config.model_parallelism splits the model across {len(tc.model_parallelism)} GPUs; "
-                          f"this machine has {available} CUDA device(s)"
-                          + ("" if available < len(tc.model_parallelism) else
-                             "; model-parallel training is not implemented in taoctl yet, use data parallel (--gpus)"))
+    fractions = list(tc.model_parallelism)
+    split_devices = _model_parallel_devices(fractions, gpu_index) if len(fractions) > 1 else None
+    device = split_devices[0] if split_devices else select_device(gpus, gpu_index, use_amp)
     if dist.is_main:
         prepare_results_dir(results_dir, spec_text, force, task=common.TASK)
     distributed.barrier()
@@ -136,6 +148,10 @@ def run_training(experiment, spec_path, results_dir, key=None, classmap=None, in
         # Freezing must hold for the loaded weights too (the loader may replace modules).
         model.freeze_blocks(list(mc.freeze_blocks))
         model.set_freeze_bn(bool(mc.freeze_bn))
+    if split_devices:
+        with _field_errors("train_config.model_parallelism"):
+            segments = model_parallel.split_model(model, fractions, split_devices, torch.zeros(1, *shape))
+        _echo("Model parallelism: " + "; ".join(segment.describe() for segment in segments))
     normalizer = common.normalizer_from_spec(tc, shape[0])
 
     transform = imagefolder.train_transform(shape[1:], bool(tc.enable_random_crop), bool(tc.enable_color_augmentation),
@@ -177,16 +193,18 @@ def run_training(experiment, spec_path, results_dir, key=None, classmap=None, in
             x = lam * x + (1 - lam) * x[perm]
             targets = lam * targets + (1 - lam) * targets[perm]
         logits = net(x)
+        # A model split across GPUs answers on its last one.
+        labels, targets = labels.to(logits.device), targets.to(logits.device)
         loss = torch.sum(-targets * torch.log_softmax(logits, dim=1), dim=1).mean()
         if teacher is not None:
             _, alpha, temperature = distil
             with torch.no_grad():
-                soft = torch.softmax(teacher(x) / temperature, dim=1)
+                soft = torch.softmax(teacher(x) / temperature, dim=1).to(logits.device)
             kd = torch.nn.functional.kl_div(torch.log_softmax(logits / temperature, dim=1), soft,
                                             reduction="batchmean") * temperature ** 2
             loss = (1 - alpha) * loss + alpha * kd
         if l1:
-            loss = loss + l1 * sum(w.abs().sum() for w in l1_weights)
+            loss = loss + l1 * sum(w.abs().sum().to(loss.device) for w in l1_weights)
         accuracy = (logits.argmax(1) == labels).float().mean().item()
         return loss, {"accuracy": accuracy}
 
