@@ -46,5 +46,16 @@ def model_parallel_devices(count: int, gpu_index: tuple[int, ...] | list[int] | 
     return devices
 
 
+def to_device(value, device: torch.device, non_blocking: bool = False):
+    """``value`` with every tensor in it (also inside lists, tuples and dicts) moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=non_blocking)
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device, non_blocking) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in value.items()}
+    return value
+
+
 def amp_enabled(device: torch.device, use_amp: bool) -> bool:
     return bool(use_amp) and device.type == "cuda"

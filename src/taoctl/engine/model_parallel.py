@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from taoctl.engine.device import to_device
 from taoctl.errors import TaoctlError
 
 
@@ -101,16 +102,6 @@ def assign_segments(layer_counts: list[int], fractions) -> list[int]:
     return owner
 
 
-def _to_device(value, device: torch.device):
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value
-
-
 def split_model(model: nn.Module, fractions, devices, sample: torch.Tensor) -> list[Segment]:
     """Place ``model`` across ``devices`` (one per fraction), in place; returns what went where.
 
@@ -128,7 +119,7 @@ def split_model(model: nn.Module, fractions, devices, sample: torch.Tensor) -> l
         segment = segments[index]
         module.to(segment.device)
         module.register_forward_pre_hook(
-            lambda _m, args, kwargs, device=segment.device: (_to_device(args, device), _to_device(kwargs, device)),
+            lambda _m, args, kwargs, device=segment.device: (to_device(args, device), to_device(kwargs, device)),
             with_kwargs=True)
         segment.units.append(name)
         segment.parameters += sum(p.numel() for p in module.parameters())

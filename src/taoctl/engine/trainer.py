@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from taoctl.engine import distributed, modelfile
-from taoctl.engine.device import amp_enabled
+from taoctl.engine.device import amp_enabled, to_device
 from taoctl.engine.model_parallel import spans_devices
 from taoctl.errors import TaoctlError
 from taoctl.fileio import write_atomic
@@ -344,15 +344,6 @@ class Trainer:
             if self.dist.is_main or not hook.main_only:
                 getattr(hook, name)(self, *args)
 
-    def _move(self, batch):
-        if isinstance(batch, torch.Tensor):
-            return batch.to(self.device, non_blocking=True)
-        if isinstance(batch, (list, tuple)):
-            return type(batch)(self._move(b) for b in batch)
-        if isinstance(batch, dict):
-            return {k: self._move(v) for k, v in batch.items()}
-        return batch
-
     def _set_epoch_shuffle(self, epoch: int) -> None:
         # Shuffling depends only on (seed, epoch), so a resumed run sees the same order.
         sampler = getattr(self.train_loader, "sampler", None)
@@ -401,7 +392,7 @@ class Trainer:
             started = time.monotonic()
             loss_sum, count, metric_sums = 0.0, 0, {}
             for step, batch in enumerate(self.train_loader, start=1):
-                batch = self._move(batch)
+                batch = to_device(batch, self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                     loss, metrics = self.loss_fn(self.model, batch)
                 if not torch.isfinite(loss):
