@@ -114,10 +114,18 @@ def test_cut_through_a_block_would_be_caught():
         model(torch.zeros(2, 4))
 
 
-def test_fraction_too_small_for_any_layer_is_one_line():
+def test_fraction_too_small_for_any_layer_is_one_line_and_moves_nothing():
     model = create_model("resnet10", num_classes=2, input_image_size="3,32,32")
     with pytest.raises(TaoctlError, match=r"leaves meta without layers"):
         split_model(model, [0.999, 0.001], ["cpu", "meta"], torch.zeros(1, 3, 32, 32))
+    assert not spans_devices(model)
+
+
+def test_a_container_with_its_own_tensors_is_refused():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    model.register_buffer("scale", torch.ones(4))  # the root's own tensor: no unit would carry it
+    with pytest.raises(TaoctlError, match="its root holds tensors of its own"):
+        split_model(model, [1, 1], ["cpu", "meta"], torch.zeros(1, 4))
 
 
 @pytest.mark.parametrize("devices", [

@@ -41,20 +41,26 @@ def _chains_children(module: nn.Module) -> bool:
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
-def pipeline_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The modules that may sit on different devices, in registration order (see the module docstring)."""
-    units = []
+def _walk(model: nn.Module):
+    """(units, containers): the placeable modules, and the root and Sequentials opened to find them."""
+    units, containers = [], [("", model)]
 
     def visit(prefix: str, module: nn.Module) -> None:
         for name, child in module.named_children():
             full = f"{prefix}{name}"
             if _chains_children(child) and len(child) > 0:
+                containers.append((full, child))
                 visit(full + ".", child)
             else:
                 units.append((full, child))
 
     visit("", model)
-    return units
+    return units, containers
+
+
+def pipeline_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules that may sit on different devices, in registration order (see the module docstring)."""
+    return _walk(model)[0]
 
 
 def execution_order(model: nn.Module, units, sample: torch.Tensor) -> list[tuple[str, nn.Module]]:
@@ -110,11 +116,20 @@ def split_model(model: nn.Module, fractions, devices, sample: torch.Tensor) -> l
     devices = [torch.device(d) for d in devices]
     if len(devices) != len(list(fractions)):
         raise TaoctlError(f"{len(list(fractions))} fractions for {len(devices)} devices")
-    units = execution_order(model, pipeline_units(model), sample)
+    units, containers = _walk(model)
+    for name, container in containers:
+        if any(True for _ in container.parameters(recurse=False)) or any(True for _ in container.buffers(recurse=False)):
+            raise TaoctlError(f"cannot split {type(model).__name__}: {name or 'its root'} holds tensors of its own, "
+                              f"outside the layers that are placed")
+    units = execution_order(model, units, sample)
     layer_counts = [max(sum(1 for m in module.modules() if not any(m.children())), 1) for _, module in units]
     owner = assign_segments(layer_counts, fractions)
+    empty = [str(device) for index, device in enumerate(devices) if index not in owner]
+    if empty:
+        raise TaoctlError(f"{list(fractions)} leaves {', '.join(empty)} without layers "
+                          f"({len(units)} units to place); give those devices larger fractions")
     segments = [Segment(device) for device in devices]
-    model.to(devices[0])  # the containers' own tensors, if any, stay with the input
+    # Each unit goes straight to its device: the whole model may not fit on any one of them.
     for (name, module), index in zip(units, owner):
         segment = segments[index]
         module.to(segment.device)
@@ -123,10 +138,6 @@ def split_model(model: nn.Module, fractions, devices, sample: torch.Tensor) -> l
             with_kwargs=True)
         segment.units.append(name)
         segment.parameters += sum(p.numel() for p in module.parameters())
-    empty = [str(s.device) for s in segments if not s.units]
-    if empty:
-        raise TaoctlError(f"{list(fractions)} leaves {', '.join(empty)} without layers "
-                          f"({len(units)} units to place); give those devices larger fractions")
     return segments
 
 

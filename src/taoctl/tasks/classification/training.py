@@ -104,9 +104,12 @@ def _field_errors(field: str):
 
 
 def _model_parallel_devices(fractions, gpu_index):
+    """The GPUs to split the model across, or None when the spec asks for no split (one part or none)."""
+    if not fractions:
+        return None
     with _field_errors("train_config.model_parallelism"):
         model_parallel.check_fractions(fractions)
-        return model_parallel_devices(len(fractions), gpu_index)
+        return model_parallel_devices(len(fractions), gpu_index) if len(fractions) > 1 else None
 
 
 def run_training(experiment, spec_path, results_dir, key=None, classmap=None, init_epoch=1, strict=False,
@@ -115,7 +118,7 @@ def run_training(experiment, spec_path, results_dir, key=None, classmap=None, in
     spec_text = Path(spec_path).read_text()
     dist = distributed.init_distributed()
     fractions = list(tc.model_parallelism)
-    split_devices = _model_parallel_devices(fractions, gpu_index) if len(fractions) > 1 else None
+    split_devices = _model_parallel_devices(fractions, gpu_index)
     device = split_devices[0] if split_devices else select_device(gpus, gpu_index, use_amp)
     if dist.is_main:
         prepare_results_dir(results_dir, spec_text, force, task=common.TASK)
