@@ -41,8 +41,9 @@ def _chains_children(module: nn.Module) -> bool:
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
-def _walk(model: nn.Module):
-    """(units, containers): the placeable modules, and the root and Sequentials opened to find them."""
+def pipeline_units(model: nn.Module):
+    """(units, containers): the modules that may sit on different devices, in registration order
+    (see the module docstring), and the root and Sequentials opened to find them."""
     units, containers = [], [("", model)]
 
     def visit(prefix: str, module: nn.Module) -> None:
@@ -56,11 +57,6 @@ def _walk(model: nn.Module):
 
     visit("", model)
     return units, containers
-
-
-def pipeline_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The modules that may sit on different devices, in registration order (see the module docstring)."""
-    return _walk(model)[0]
 
 
 def execution_order(model: nn.Module, units, sample: torch.Tensor) -> list[tuple[str, nn.Module]]:
@@ -113,12 +109,12 @@ def split_model(model: nn.Module, fractions, devices, sample: torch.Tensor) -> l
 
     ``sample`` is one input batch (on any device) for finding the execution order.
     """
-    devices = [torch.device(d) for d in devices]
-    if len(devices) != len(list(fractions)):
-        raise TaoctlError(f"{len(list(fractions))} fractions for {len(devices)} devices")
-    units, containers = _walk(model)
+    devices, fractions = [torch.device(d) for d in devices], list(fractions)
+    if len(devices) != len(fractions):
+        raise TaoctlError(f"{len(fractions)} fractions for {len(devices)} devices")
+    units, containers = pipeline_units(model)
     for name, container in containers:
-        if any(True for _ in container.parameters(recurse=False)) or any(True for _ in container.buffers(recurse=False)):
+        if [*container.parameters(recurse=False), *container.buffers(recurse=False)]:
             raise TaoctlError(f"cannot split {type(model).__name__}: {name or 'its root'} holds tensors of its own, "
                               f"outside the layers that are placed")
     units = execution_order(model, units, sample)
@@ -126,7 +122,7 @@ def split_model(model: nn.Module, fractions, devices, sample: torch.Tensor) -> l
     owner = assign_segments(layer_counts, fractions)
     empty = [str(device) for index, device in enumerate(devices) if index not in owner]
     if empty:
-        raise TaoctlError(f"{list(fractions)} leaves {', '.join(empty)} without layers "
+        raise TaoctlError(f"{fractions} leaves {', '.join(empty)} without layers "
                           f"({len(units)} units to place); give those devices larger fractions")
     segments = [Segment(device) for device in devices]
     # Each unit goes straight to its device: the whole model may not fit on any one of them.
