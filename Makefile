@@ -27,7 +27,7 @@ test-slow: $(STAMP)
 
 # The benchmarks that need nothing but the project; bench_classification.py and bench_pruning.py
 # take a trained model and real photos (commands in the README's classification section).
-SELF_CONTAINED_BENCH := bench/bench_cli_startup.py bench/bench_detection_metrics.py bench/bench_backbones.py
+SELF_CONTAINED_BENCH := bench/bench_cli_startup.py bench/bench_detection_metrics.py bench/bench_backbones.py bench/bench_omp_wait.py
 
 bench: $(STAMP)
 	for script in $(SELF_CONTAINED_BENCH); do echo "== $$script"; $(PY) $$script || exit 1; done

@@ -33,18 +33,25 @@ import torch
 from taoctl.engine import export
 from taoctl.engine.data import imagefolder
 from taoctl.engine.trainer import Trainer
+from taoctl.engine.task import Run
 from taoctl.tasks.classification import common
+from taoctl.tasks.classification.task import INPUT, TASK
 
 
 def eager_runner(model_path, key, batch: np.ndarray):
     """Runs one eager PyTorch forward pass of the .tlt model on `batch`."""
-    model, _ = common.load_classifier(model_path, key)
+    model, _ = TASK.load_model(model_path, key)
     x = torch.from_numpy(batch)
 
     def run():
         with torch.no_grad():
             model(x)
     return run
+
+
+def export_fp32(model, manifest, path, sample: np.ndarray) -> None:
+    """The product's export of a classification model (its adapter, parity checked on ``sample``)."""
+    export.export_model(TASK.export_adapter(Run("export", {}), model, manifest), path, {INPUT: sample})
 
 
 def onnx_runner(onnx_path, batch: np.ndarray):
@@ -122,7 +129,7 @@ def bench_training(model_path, key, images: np.ndarray, batch: int, steps: int) 
     labels = torch.arange(len(images)) % 2
     for name in ("bare", "taoctl"):
         torch.manual_seed(0)
-        model, manifest = common.load_classifier(model_path, key)
+        model, manifest = TASK.load_model(model_path, key)
         model.train()
         normalizer = common.normalizer_from_manifest(manifest)
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
@@ -180,7 +187,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    model, manifest = common.load_classifier(args.model, args.key)
+    model, manifest = TASK.load_model(args.model, args.key)
     shape = tuple(manifest["input_shape"])
     normalizer = common.normalizer_from_manifest(manifest)
     images = load_images(args.images, shape, max(64, args.train_batch * args.train_steps))
@@ -193,9 +200,8 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        export.export_onnx(model, fp32, shape, torch.from_numpy(x16))
-        export.quantize_int8(fp32, int8, [normalizer.numpy(images[i:i + 16]) for i in range(0, 64, 16)],
-                             progress=lambda m: None)
+        export_fp32(model, manifest, fp32, x16)
+        export.quantize_int8(fp32, int8, [{INPUT: normalizer.numpy(images[i:i + 16])} for i in range(0, 64, 16)])
         sides = {}
         for batch in (1, 16):
             sides[f"eager {batch}"] = (eager_runner, (args.model, args.key, x16[:batch]))
@@ -204,9 +210,9 @@ def main(argv=None) -> int:
         pruned_params = {}
         for i, path in enumerate(args.pruned):
             p_onnx = Path(tmp) / f"pruned_{i}.onnx"
-            pruned = common.load_classifier(path, args.key)[0]
+            pruned, pruned_manifest = TASK.load_model(path, args.key)
             pruned_params[path] = sum(p.numel() for p in pruned.parameters())
-            export.export_onnx(pruned, p_onnx, shape, torch.from_numpy(x16))
+            export_fp32(pruned, pruned_manifest, p_onnx, x16)
             sides[f"{path} eager"] = (eager_runner, (path, args.key, x16))
             sides[f"{path} fp32"] = (onnx_runner, (p_onnx, x16))
         seconds, kernel = paired_medians(sides, args.repeats, threads)

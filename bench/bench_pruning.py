@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from bench_classification import eager_runner, load_images, onnx_runner, paired_medians
-from taoctl.engine import export, modelfile
+from bench_classification import eager_runner, export_fp32, load_images, onnx_runner, paired_medians
+from taoctl.engine import modelfile
 from taoctl.tasks.classification import common
+from taoctl.tasks.classification.task import TASK
 
 TAOCTL = [sys.executable, "-m", "taoctl.launcher.cli"]
 
@@ -45,10 +46,10 @@ def top1(spec: Path, model: Path, out: Path) -> float:
 
 def sides(model_path: Path, images, work: Path) -> tuple:
     """(eager, ONNX fp32) sides for paired_medians, each running one batch of 16."""
-    model, manifest = common.load_classifier(model_path)
+    model, manifest = TASK.load_model(model_path)
     x16 = common.normalizer_from_manifest(manifest).numpy(images)
     path = work / f"{len(list(work.iterdir()))}.onnx"
-    export.export_onnx(model, path, tuple(manifest["input_shape"]), torch.from_numpy(x16))
+    export_fp32(model, manifest, path, x16)
     return (eager_runner, (model_path, None, x16)), (onnx_runner, (path, x16))
 
 
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     if not re.search(r'pretrained_model_path:\s*"[^"]*"', spec_text):
         raise SystemExit(f"{args.retrain_spec}: no pretrained_model_path to replace")
     val = re.search(r'val_dataset_path:\s*"([^"]*)"', spec_text).group(1)
-    _, manifest = common.load_classifier(args.base)
+    _, manifest = TASK.load_model(args.base)
     images = load_images(val, tuple(manifest["input_shape"]), 16)
 
     base_top1 = top1(args.retrain_spec, args.base, args.out / "eval_base")

@@ -1,8 +1,6 @@
 """Offline augmentation: boxes follow every geometric op; the CLI writes a valid, reproducible KITTI set."""
 
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -77,11 +75,7 @@ def small_kitti(tmp_path_factory):
     return root
 
 
-def _run(*args):
-    return subprocess.run([sys.executable, "-m", "taoctl.launcher.cli", *args], capture_output=True, text=True)
-
-
-def test_augment_cli_tao3_spec(small_kitti, tmp_path):
+def test_augment_cli_tao3_spec(small_kitti, tmp_path, taoctl):
     spec = tmp_path / "aug.txt"
     spec.write_text('spatial_config { rotation_config { angle: 10 units: "degrees" } flip_config { flip_horizontal: true } }\n'
                     'color_config { hue_saturation_config { hue_rotation_angle: 20 } brightness_config { offset: 10 } }\n'
@@ -89,7 +83,7 @@ def test_augment_cli_tao3_spec(small_kitti, tmp_path):
                     'dataset_config { image_path: "images" label_path: "labels" }\n')
     outputs = []
     for name in ("a", "b"):
-        done = _run("augment", "-a", str(spec), "-d", str(small_kitti), "-o", str(tmp_path / name), "--strict")
+        done = taoctl("augment", "-a", str(spec), "-d", str(small_kitti), "-o", str(tmp_path / name), "--strict")
         assert done.returncode == 0, done.stderr
         assert "no label problems found" in done.stdout.split("Output")[-1]
         outputs.append(tmp_path / name)
@@ -103,14 +97,14 @@ def test_augment_cli_tao3_spec(small_kitti, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(small_kitti, broken)
     (broken / "labels" / "005.txt").write_text("car 0 0 0 10 10 5 5 0 0 0 0 0 0 0\n")
-    done = _run("augment", "-a", str(spec), "-d", str(broken), "-o", str(tmp_path / "c"), "--strict")
+    done = taoctl("augment", "-a", str(spec), "-d", str(broken), "-o", str(tmp_path / "c"), "--strict")
     assert done.returncode == 2 and "005.txt:1" in done.stdout and not (tmp_path / "c").exists()
     # Deterministic: same spec and seed, same bytes.
     for sub in ("images/000.png", "labels/003.txt"):
         assert (outputs[0] / sub).read_bytes() == (outputs[1] / sub).read_bytes()
 
 
-def test_dataset_augmentation_yaml(small_kitti, tmp_path):
+def test_dataset_augmentation_yaml(small_kitti, tmp_path, taoctl):
     spec = tmp_path / "augment.yaml"
     spec.write_text(f"data:\n  image_dir: {small_kitti / 'images'}\n  ann_path: {small_kitti / 'labels'}\n"
                     f"  dataset_type: kitti\n  output_dataset: {tmp_path / 'out'}\n"
@@ -118,18 +112,18 @@ def test_dataset_augmentation_yaml(small_kitti, tmp_path):
                     "spatial_aug:\n  rotation:\n    angle: [5, -5]\n  shear:\n    shear_ratio_x: 0.1\n  flip:\n    flip_vertical: true\n"
                     "color_aug:\n  hue:\n    hue_rotation_angle: [10]\n"
                     "random_seed: 7\n")
-    done = _run("dataset", "augmentation", "-e", str(spec))
+    done = taoctl("dataset", "augmentation", "-e", str(spec))
     assert done.returncode == 0, done.stderr
     frames, report = kitti.read_kitti(tmp_path / "out" / "images", tmp_path / "out" / "labels")
     assert report.clean and {(f.width, f.height) for f in frames} == {(80, 60)}
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  image_dir: x\n  ann_path: y\nspatial_aug:\n  rotaton:\n    angle: [5]\n")
-    done = _run("dataset", "augmentation", "-e", str(bad))
+    done = taoctl("dataset", "augmentation", "-e", str(bad))
     assert done.returncode == 2 and "bad.yaml:5:3" in done.stderr and "rotation" in done.stderr
 
 
 @pytest.mark.slow
-def test_bccd_augmented_converts_without_warnings(tmp_path):
+def test_bccd_augmented_converts_without_warnings(tmp_path, taoctl):
     from pathlib import Path
 
     root = Path("/work/shared/data/bccd_kitti")
@@ -141,12 +135,12 @@ def test_bccd_augmented_converts_without_warnings(tmp_path):
                     'blur_config { std: 1.0 size: 5 }\n'
                     'dataset_config { image_path: "images" label_path: "labels" }\nimage_extension: ".jpg"\n')
     out = tmp_path / "aug"
-    done = _run("augment", "-a", str(spec), "-d", str(root), "-o", str(out), "--strict")
+    done = taoctl("augment", "-a", str(spec), "-d", str(root), "-o", str(out), "--strict")
     assert done.returncode == 0, done.stderr
     convert = tmp_path / "convert.txt"
     convert.write_text(f'kitti_config {{ root_directory_path: "{out}" image_dir_name: "images" label_dir_name: "labels" '
                        f'image_extension: ".jpg" partition_mode: "random" num_partitions: 2 val_split: 20 num_shards: 2 }}\n')
-    done = _run("detectnet_v2", "dataset_convert", "-d", str(convert), "-o", str(tmp_path / "tf" / "aug"), "--strict")
+    done = taoctl("detectnet_v2", "dataset_convert", "-d", str(convert), "-o", str(tmp_path / "tf" / "aug"), "--strict")
     assert done.returncode == 0, done.stderr
     assert "no label problems found" in done.stdout and done.stderr == ""
 

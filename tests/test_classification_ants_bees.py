@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from taoctl.engine import modelfile
-from test_classification_cli import REPO, taoctl
+from conftest import REPO
 
 DATA = Path("/work/shared/data/ants_bees")
 RECIPE = REPO / "specs" / "classification" / "mobilenet_v2_ants_bees.txt"
@@ -26,20 +26,30 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/ants_bees")]
 
 
-def top1(spec, model, out: Path) -> float:
-    taoctl("classification", "evaluate", "-e", str(spec), "-m", str(model), "-r", str(out))
-    return json.loads((out / "results.json").read_text())["top1_accuracy"]
+@pytest.fixture(scope="module")
+def taoctl(taoctl):
+    """The real command; a failing step fails the test with its output."""
+    return lambda *args: taoctl(*args, check=True, timeout=1800)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def top1(taoctl):
+    def evaluate(spec, model, out: Path) -> float:
+        taoctl("classification", "evaluate", "-e", str(spec), "-m", str(model), "-r", str(out))
+        return json.loads((out / "results.json").read_text())["top1_accuracy"]
+
+    return evaluate
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, taoctl):
     root = tmp_path_factory.mktemp("ants_bees")
     run = root / "run"
     taoctl("classification", "train", "-e", str(RECIPE), "-r", str(run))
     return root, run
 
 
-def test_mobilenet_v2_recipe_reaches_95_percent_and_exports(trained):
+def test_mobilenet_v2_recipe_reaches_95_percent_and_exports(trained, taoctl, top1):
     root, run = trained
     model = run / "weights" / "mobilenet_v2_010.tlt"
     accuracy = top1(RECIPE, model, root / "eval")
@@ -58,7 +68,7 @@ def test_mobilenet_v2_recipe_reaches_95_percent_and_exports(trained):
             assert onnx_top1 >= 0.94
 
 
-def test_pruned_to_half_the_parameters_keeps_92_percent(trained):
+def test_pruned_to_half_the_parameters_keeps_92_percent(trained, taoctl, top1):
     root, run = trained
     base = run / "weights" / "mobilenet_v2_010.tlt"
     pruned = root / "pruned.tlt"

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}
 
 SPEC = """
@@ -61,24 +57,15 @@ def _make_data(root: Path) -> None:
     (root / "train" / "red" / "broken.jpg").write_bytes(b"not a jpeg")
 
 
-def taoctl(*args, check=True):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    result = subprocess.run([sys.executable, "-m", "taoctl.launcher.cli", *args], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"taoctl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
 @pytest.fixture(scope="module")
-def workflow(tmp_path_factory):
+def workflow(tmp_path_factory, taoctl):
     root = tmp_path_factory.mktemp("cls")
     data = root / "data"
     _make_data(data)
     spec = root / "spec.txt"
     spec.write_text(SPEC.format(data=data, pretrained="", epochs=2))
     run = root / "run"
-    train = taoctl("classification", "train", "-e", str(spec), "-r", str(run), "-k", "secret")
+    train = taoctl("classification", "train", "-e", str(spec), "-r", str(run), "-k", "secret", check=True)
     return root, data, spec, run, train
 
 
@@ -92,11 +79,11 @@ def test_train_outputs(workflow):
     assert "val_accuracy" in (run / "metrics.csv").read_text()
 
 
-def test_evaluate_and_wrong_key(workflow):
+def test_evaluate_and_wrong_key(workflow, taoctl):
     root, data, spec, run, _ = workflow
     out = root / "eval"
     result = taoctl("classification", "evaluate", "-e", str(spec), "-m", str(run / "weights" / "resnet_002.tlt"),
-                    "-k", "secret", "-r", str(out))
+                    "-k", "secret", "-r", str(out), check=True)
     report = json.loads((out / "results.json").read_text())
     assert report["num_images"] == 12 and report["top_k"] == 2
     assert f"top-1 accuracy: {report['top1_accuracy'] * 100:.2f} %" in result.stdout
@@ -106,40 +93,41 @@ def test_evaluate_and_wrong_key(workflow):
     assert bad.returncode == 2 and "wrong key" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_inference_dir_and_single_image(workflow):
+def test_inference_dir_and_single_image(workflow, taoctl):
     root, data, spec, run, _ = workflow
     model = str(run / "weights" / "resnet_002.tlt")
     out = root / "infer"
     taoctl("classification", "inference", "-e", str(spec), "-m", model, "-k", "secret", "-cm",
-           str(run / "classmap.json"), "-d", str(data / "val" / "red"), "-b", "3", "-r", str(out))
+           str(run / "classmap.json"), "-d", str(data / "val" / "red"), "-b", "3", "-r", str(out), check=True)
     rows = list(csv.DictReader((out / "result.csv").open()))
     assert len(rows) == 4 and {r["label"] for r in rows} <= set(COLOURS)
     assert all(0 < float(r["confidence"]) <= 1 for r in rows)
     one = taoctl("classification", "inference", "-e", str(spec), "-m", model, "-k", "secret", "-cm",
-                 str(run / "classmap.json"), "-i", str(data / "val" / "blue" / "blue 0.png"))
+                 str(run / "classmap.json"), "-i", str(data / "val" / "blue" / "blue 0.png"), check=True)
     assert "blue 0.png: " in one.stdout
 
 
-def test_prune_retrain_export_and_onnx_evaluate(workflow):
+def test_prune_retrain_export_and_onnx_evaluate(workflow, taoctl):
     root, data, spec, run, _ = workflow
     pruned = root / "pruned.tlt"
     result = taoctl("classification", "prune", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
-                    "-o", str(pruned), "-pth", "0.8", "-pg", "4", "-nf", "4", "-eq", "arithmetic_mean")
+                    "-o", str(pruned), "-pth", "0.8", "-pg", "4", "-nf", "4", "-eq", "arithmetic_mean", check=True)
     assert "parameters" in result.stdout and "Wrote" in result.stdout
     retrain_spec = root / "retrain.txt"
     retrain_spec.write_text(SPEC.format(data=data, pretrained=f'pretrained_model_path: "{pruned}"', epochs=1))
-    taoctl("classification", "train", "-e", str(retrain_spec), "-r", str(root / "retrain"), "-k", "secret")
+    taoctl("classification", "train", "-e", str(retrain_spec), "-r", str(root / "retrain"), "-k", "secret", check=True)
     retrained = root / "retrain" / "weights" / "resnet_001.tlt"
     onnx_path = root / "export" / "model.onnx"
     exported = taoctl("classification", "export", "-m", str(retrained), "-k", "secret", "-o", str(onnx_path),
-                      "-e", str(retrain_spec), "--gen_ds_config", "--engine_file", str(root / "export" / "m.engine"))
+                      "-e", str(retrain_spec), "--gen_ds_config", "--engine_file", str(root / "export" / "m.engine"),
+                      check=True)
     assert "max abs diff" in exported.stdout and "tensorrt" in exported.stdout
     assert (root / "export" / "labels.txt").read_text().split() == ["blue", "green", "red"]
     assert "network-type=1" in (root / "export" / "nvinfer_config.txt").read_text()
     tlt_eval = taoctl("classification", "evaluate", "-e", str(retrain_spec), "-m", str(retrained), "-k", "secret",
-                      "-r", str(root / "e_tlt"))
+                      "-r", str(root / "e_tlt"), check=True)
     onnx_eval = taoctl("classification", "evaluate", "-e", str(retrain_spec), "-m", str(onnx_path),
-                       "-r", str(root / "e_onnx"))
+                       "-r", str(root / "e_onnx"), check=True)
     tlt_report = json.loads((root / "e_tlt" / "results.json").read_text())
     onnx_report = json.loads((root / "e_onnx" / "results.json").read_text())
     assert onnx_report["confusion_matrix"] == tlt_report["confusion_matrix"]
@@ -147,12 +135,12 @@ def test_prune_retrain_export_and_onnx_evaluate(workflow):
     assert tlt_eval.returncode == onnx_eval.returncode == 0
 
 
-def test_prune_with_bn_criterion_and_refit_on_images(workflow, tmp_path):
+def test_prune_with_bn_criterion_and_refit_on_images(workflow, tmp_path, taoctl):
     root, data, spec, run, _ = workflow
     pruned = tmp_path / "refit.tlt"
     result = taoctl("classification", "prune", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
                     "-o", str(pruned), "-pth", "0.8", "-pg", "4", "-nf", "4", "--criterion", "L2_bn",
-                    "--cal_image_dir", str(data / "train"), "--cal_images", "8")
+                    "--cal_image_dir", str(data / "train"), "--cal_images", "8", check=True)
     assert "Refit " in result.stdout and "on 8 images" in result.stdout
     from taoctl.engine import modelfile
 
@@ -165,21 +153,22 @@ def test_prune_with_bn_criterion_and_refit_on_images(workflow, tmp_path):
     head = tmp_path / "head.tlt"
     result = taoctl("classification", "prune", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
                     "-o", str(head), "-pth", "0.8", "-pg", "4", "-nf", "4", "--criterion", "L2_bn",
-                    "--cal_image_dir", str(data / "train"), "--classifier_input_ratio", "0.25")
+                    "--cal_image_dir", str(data / "train"), "--classifier_input_ratio", "0.25", check=True)
     assert "Pruned the classifier's inputs" in result.stdout
     manifest = modelfile.load_model(head, "secret").manifest
     assert manifest["pruning"]["classifier_input_ratio"] == 0.25
     assert manifest["pruning"]["params_after"] < record["params_after"]
-    taoctl("classification", "evaluate", "-e", str(spec), "-m", str(head), "-k", "secret", "-r", str(tmp_path / "e"))
+    taoctl("classification", "evaluate", "-e", str(spec), "-m", str(head), "-k", "secret", "-r", str(tmp_path / "e"),
+           check=True)
     no_images = taoctl("classification", "prune", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
                        "-o", str(tmp_path / "y.tlt"), "--classifier_input_ratio", "0.5", check=False)
     assert no_images.returncode == 2 and "pass --cal_image_dir" in no_images.stderr
 
 
-def test_calibration_tensorfile_feeds_int8_export(workflow, tmp_path):
+def test_calibration_tensorfile_feeds_int8_export(workflow, tmp_path, taoctl):
     root, data, spec, run, _ = workflow
     cal = tmp_path / "cal.npy"
-    made = taoctl("classification", "calibration_tensorfile", "-e", str(spec), "-o", str(cal), "-m", "4")
+    made = taoctl("classification", "calibration_tensorfile", "-e", str(spec), "-o", str(cal), "-m", "4", check=True)
     assert "broken.jpg" in made.stdout  # the corrupt file is named, not fatal
     images = np.load(cal)
     # 4 batches of batch_size_per_gpu 8 ask for more than the 31 training files: all but the broken one
@@ -187,7 +176,8 @@ def test_calibration_tensorfile_feeds_int8_export(workflow, tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
     onnx_path = tmp_path / "int8.onnx"
     exported = taoctl("classification", "export", "-m", str(run / "weights" / "resnet_002.tlt"), "-k", "secret",
-                      "-o", str(onnx_path), "--data_type", "int8", "--cal_data_file", str(cal), "--batches", "2")
+                      "-o", str(onnx_path), "--data_type", "int8", "--cal_data_file", str(cal), "--batches", "2",
+                      check=True)
     assert f"Read 30 calibration images from {cal}" in exported.stdout and "Calibrating on 16 images" in exported.stdout
     assert onnx_path.exists() and "top-1 agreement" in exported.stdout
     wrong = tmp_path / "wrong.npy"
@@ -203,10 +193,10 @@ def test_calibration_tensorfile_feeds_int8_export(workflow, tmp_path):
     assert bad.returncode == 2 and "not a .npy calibration file" in bad.stderr and "pickle" not in bad.stderr
 
 
-def test_dry_runs_check_the_paths_they_would_use(workflow, tmp_path):
+def test_dry_runs_check_the_paths_they_would_use(workflow, tmp_path, taoctl):
     root, data, spec, run, _ = workflow
     model = str(run / "weights" / "resnet_002.tlt")
-    ok = taoctl("classification", "evaluate", "-e", str(spec), "-m", model, "--dry-run")
+    ok = taoctl("classification", "evaluate", "-e", str(spec), "-m", model, "--dry-run", check=True)
     assert "Dry run OK" in ok.stdout
     missing = taoctl("classification", "evaluate", "-e", str(spec), "-m", str(tmp_path / "gone.tlt"), "--dry-run",
                      check=False)
@@ -217,10 +207,10 @@ def test_dry_runs_check_the_paths_they_would_use(workflow, tmp_path):
     hub_spec = tmp_path / "hub.txt"
     hub_spec.write_text(SPEC.format(data=data, pretrained='pretrained_model_path: "torchvision:resnet18"', epochs=1))
     assert "Dry run OK" in taoctl("classification", "train", "-e", str(hub_spec), "-r", str(tmp_path / "r"),
-                                  "--dry-run").stdout
+                                  "--dry-run", check=True).stdout
 
 
-def test_user_errors_are_one_line(workflow, tmp_path):
+def test_user_errors_are_one_line(workflow, tmp_path, taoctl):
     root, data, spec, run, _ = workflow
     bad_spec = tmp_path / "bad.txt"
     bad_spec.write_text(SPEC.format(data=tmp_path / "missing", pretrained="", epochs=1))
@@ -234,7 +224,7 @@ def test_user_errors_are_one_line(workflow, tmp_path):
     assert strict.returncode == 2 and "broken.jpg" in strict.stderr
 
 
-def test_model_parallelism_splits_on_gpus_and_says_why_not_otherwise(workflow, tmp_path):
+def test_model_parallelism_splits_on_gpus_and_says_why_not_otherwise(workflow, tmp_path, taoctl):
     import torch
 
     root, data, spec, run, _ = workflow
@@ -255,5 +245,5 @@ def test_model_parallelism_splits_on_gpus_and_says_why_not_otherwise(workflow, t
     assert result.returncode == 2 and "train_config.model_parallelism: the fractions must all be > 0" in result.stderr
     whole = tmp_path / "whole.txt"
     whole.write_text(SPEC.format(data=data, pretrained="model_parallelism: 1.0", epochs=1))
-    taoctl("classification", "train", "-e", str(whole), "-r", str(tmp_path / "whole"))  # one part: no split
+    taoctl("classification", "train", "-e", str(whole), "-r", str(tmp_path / "whole"), check=True)  # one part: no split
     assert (tmp_path / "whole" / "weights" / "resnet_001.tlt").exists()

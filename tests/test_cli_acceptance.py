@@ -7,12 +7,9 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-
-TAOCTL = [sys.executable, "-m", "taoctl.launcher.cli"]
 
 SPEC = """\
 model_config {{ arch: "resnet" n_layers: 10 input_image_size: "3,32,32" use_batch_norm: true }}
@@ -31,10 +28,15 @@ eval_config {{ eval_dataset_path: "{data}/classification/val" top_k: 1 batch_siz
 
 
 @pytest.fixture(scope="module")
-def sample_data(tmp_path_factory):
+def taoctl(taoctl):
+    """One OpenMP thread per process: the data-parallel test runs two processes on two cores."""
+    return taoctl.configured(env={"OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def sample_data(tmp_path_factory, taoctl):
     out = tmp_path_factory.mktemp("samples")
-    subprocess.run([sys.executable, "-m", "taoctl.engine.data.samples", "--out", str(out)], check=True,
-                   capture_output=True)
+    taoctl.run_module("taoctl.engine.data.samples", "--out", out, check=True)
     return out
 
 
@@ -42,11 +44,6 @@ def write_spec(folder, data, epochs=1, text=None):
     path = folder / "spec.txt"
     path.write_text(text if text is not None else SPEC.format(data=data, epochs=epochs))
     return path
-
-
-def taoctl(*args, timeout=600):
-    return subprocess.run([*TAOCTL, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def assert_one_line_error(result, *fragments):
@@ -58,12 +55,12 @@ def assert_one_line_error(result, *fragments):
         assert fragment in errors[0], errors[0]
 
 
-def test_missing_spec(tmp_path):
+def test_missing_spec(tmp_path, taoctl):
     result = taoctl("classification", "train", "-e", tmp_path / "nope.txt", "-r", tmp_path / "r")
     assert_one_line_error(result, "nope.txt", "not found")
 
 
-def test_spec_with_a_typo_names_line_column_and_suggestion(tmp_path, sample_data):
+def test_spec_with_a_typo_names_line_column_and_suggestion(tmp_path, sample_data, taoctl):
     text = SPEC.format(data=sample_data, epochs=1).replace("n_layers", "n_layrs")
     spec = write_spec(tmp_path, sample_data, text=text)
     result = taoctl("classification", "train", "-e", spec, "-r", tmp_path / "r")
@@ -71,7 +68,7 @@ def test_spec_with_a_typo_names_line_column_and_suggestion(tmp_path, sample_data
     assert result.returncode == 2
 
 
-def test_results_dir_not_writable(tmp_path, sample_data):
+def test_results_dir_not_writable(tmp_path, sample_data, taoctl):
     spec = write_spec(tmp_path, sample_data)
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -79,7 +76,7 @@ def test_results_dir_not_writable(tmp_path, sample_data):
     assert_one_line_error(result, "not writable")
 
 
-def test_wrong_key_and_unknown_task(tmp_path, sample_data):
+def test_wrong_key_and_unknown_task(tmp_path, sample_data, taoctl):
     spec = write_spec(tmp_path, sample_data, epochs=1)
     trained = taoctl("classification", "train", "-e", spec, "-r", tmp_path / "r", "-k", "right")
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -90,11 +87,11 @@ def test_wrong_key_and_unknown_task(tmp_path, sample_data):
     assert_one_line_error(taoctl("clasification", "train"), 'did you mean "classification"')
 
 
-def test_sigkill_mid_epoch_then_the_same_command_resumes_and_finishes(tmp_path, sample_data):
+def test_sigkill_mid_epoch_then_the_same_command_resumes_and_finishes(tmp_path, sample_data, taoctl):
     spec = write_spec(tmp_path, sample_data, epochs=3)
     results = tmp_path / "r"
-    command = [*TAOCTL, "classification", "train", "-e", str(spec), "-r", str(results)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    command = ("classification", "train", "-e", spec, "-r", results)
+    process = taoctl.start(*command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while not (results / "weights" / "resnet_001.tlt").exists():
         assert process.poll() is None and time.monotonic() < deadline
@@ -102,7 +99,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_finishes(tmp_path, 
     os.killpg(process.pid, signal.SIGKILL)  # epoch 1 is saved; epoch 2 is under way
     process.wait()
     assert not (results / "weights" / "resnet_003.tlt").exists()
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    resumed = taoctl(*command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # Epoch 1's checkpoint, or epoch 2's when the kill landed just after it was written.
     assert re.search(r"Resuming from epoch [12] checkpoint", resumed.stdout + resumed.stderr)
@@ -111,7 +108,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_finishes(tmp_path, 
     assert statuses[-1] == "SUCCESS"
 
 
-def test_two_cpu_processes_data_parallel(tmp_path, sample_data):
+def test_two_cpu_processes_data_parallel(tmp_path, sample_data, taoctl):
     spec = write_spec(tmp_path, sample_data, epochs=1)
     result = taoctl("classification", "train", "-e", spec, "-r", tmp_path / "r", "-np", "2")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,8 +1,6 @@
 """Detection data: TFRecord IO, KITTI label validation, dataset_convert (KITTI, COCO, sample modifier)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +15,6 @@ TAO_KEYS = {"frame/id", "frame/width", "frame/height", "target/object_class", "t
             "target/coordinates_x2", "target/coordinates_y2", "target/world_bbox_h", "target/world_bbox_w",
             "target/world_bbox_l", "target/world_bbox_x", "target/world_bbox_y", "target/world_bbox_z",
             "target/world_bbox_rot_y"}
-
-
-def _taoctl(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "taoctl.launcher.cli", *args], capture_output=True, text=True,
-                          cwd=cwd)
 
 
 def test_tfrecord_round_trip_and_checksums(tmp_path):
@@ -117,17 +110,17 @@ def test_each_defect_is_reported_with_its_line(defective):
         assert f"[{kind}]" in summary
 
 
-def test_dataset_convert_strict_fails_and_writes_nothing(defective, tmp_path):
+def test_dataset_convert_strict_fails_and_writes_nothing(defective, tmp_path, taoctl):
     _, spec = defective
     out = tmp_path / "tf" / "data"
-    done = _taoctl("detectnet_v2", "dataset_convert", "-d", str(spec), "-o", str(out), "--strict")
+    done = taoctl("detectnet_v2", "dataset_convert", "-d", str(spec), "-o", str(out), "--strict")
     assert done.returncode == 2
     assert "--strict: label problems found" in done.stderr and "a.txt:3" in done.stdout
     assert not list(out.parent.glob("data-*"))
     report = json.loads((out.parent / "validation_report.json").read_text())
     assert report["issue_counts"]["field_count"] == 1 and report["issue_counts"]["unreadable_image"] == 1
     # Without --strict the usable objects are converted, the problems still listed.
-    done = _taoctl("ssd", "dataset_convert", "-d", str(spec), "-o", str(out))
+    done = taoctl("ssd", "dataset_convert", "-d", str(spec), "-o", str(out))
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.parent.glob("data-*")) == [
         f"data-fold-{f:03d}-of-002-shard-{s:05d}-of-00002" for f in (0, 1) for s in (0, 1)]
@@ -150,10 +143,10 @@ def _spec(tmp_path, root, body):
     return spec
 
 
-def test_convert_round_trip_random_split(sample_kitti, tmp_path):
+def test_convert_round_trip_random_split(sample_kitti, tmp_path, taoctl):
     spec = _spec(tmp_path, sample_kitti, 'partition_mode: "random" num_partitions: 2 val_split: 20 num_shards: 4')
     out = tmp_path / "tf" / "kitti"
-    done = _taoctl("yolo_v4", "dataset_convert", "-d", str(spec), "-o", str(out), "-r", str(tmp_path / "res"))
+    done = taoctl("yolo_v4", "dataset_convert", "-d", str(spec), "-o", str(out), "-r", str(tmp_path / "res"))
     assert done.returncode == 0, done.stderr
     assert "Fold 0: 40 frames" in done.stdout and "Fold 1: 160 frames" in done.stdout
     assert "Cumulative object statistics" in done.stdout
@@ -177,11 +170,11 @@ def test_convert_round_trip_random_split(sample_kitti, tmp_path):
     assert report["issue_counts"] == {} and [f["frames"] for f in report["folds"]] == [40, 160]
     # Same input, same shards byte for byte (TAO's seeded shuffles).
     again = tmp_path / "tf2" / "kitti"
-    assert _taoctl("yolo_v4", "dataset_convert", "-d", str(spec), "-o", str(again)).returncode == 0
+    assert taoctl("yolo_v4", "dataset_convert", "-d", str(spec), "-o", str(again)).returncode == 0
     assert shards[3].read_bytes() == (again.parent / shards[3].name).read_bytes()
 
 
-def test_convert_sequence_mode_and_sample_modifier(sample_kitti, tmp_path):
+def test_convert_sequence_mode_and_sample_modifier(sample_kitti, tmp_path, taoctl):
     stems = sorted(p.stem for p in (sample_kitti / "images").glob("*.png"))
     seq_file = tmp_path / "seq.json"
     seq_file.write_text(json.dumps({"s0": stems[:100], "s1": stems[100:160], "s2": stems[160:]}))
@@ -194,7 +187,7 @@ def test_convert_sequence_mode_and_sample_modifier(sample_kitti, tmp_path):
                     '  source_to_target_class_mapping { key: "square" value: "square" }\n'
                     '  source_to_target_class_mapping { key: "triangle" value: "triangle" }\n}\n')
     out = tmp_path / "tf" / "seq"
-    done = _taoctl("detectnet_v2", "dataset_convert", "-d", str(spec), "-o", str(out), "-f", "0")
+    done = taoctl("detectnet_v2", "dataset_convert", "-d", str(spec), "-o", str(out), "-f", "0")
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in out.parent.glob("seq-*"))
     assert names == ["seq-fold-000-of-002", "seq-fold-001-of-002"]
@@ -216,7 +209,7 @@ def test_convert_sequence_mode_and_sample_modifier(sample_kitti, tmp_path):
     assert len(fold1) > 140
 
 
-def test_convert_coco(tmp_path):
+def test_convert_coco(tmp_path, taoctl):
     root = tmp_path / "coco"
     (root / "imgs").mkdir(parents=True)
     for i in range(3):
@@ -231,7 +224,7 @@ def test_convert_coco(tmp_path):
     spec.write_text(f'coco_config {{ root_directory_path: "{root}" img_dir_names: ["imgs"] '
                     f'annotation_files: ["ann.json"] num_partitions: 1 num_shards: [2] }}\n')
     out = tmp_path / "tf" / "coco"
-    done = _taoctl("retinanet", "dataset_convert", "-d", str(spec), "-o", str(out))
+    done = taoctl("retinanet", "dataset_convert", "-d", str(spec), "-o", str(out))
     assert done.returncode == 0, done.stderr
     assert "annotation id 2: box 60 40 70 50 clipped to 64x48" in done.stdout
     assert "annotation id 3" in done.stdout and "[zero_area]" in done.stdout
@@ -242,20 +235,20 @@ def test_convert_coco(tmp_path):
     assert frames["imgs/im2"].objects == []
 
 
-def test_spec_errors_are_one_line(tmp_path):
+def test_spec_errors_are_one_line(tmp_path, taoctl):
     spec = tmp_path / "bad.txt"
     spec.write_text('kitti_config {\n  root_directory_path: "/x"\n  val_splt: 20\n}\n')
-    done = _taoctl("yolo_v3", "dataset_convert", "-d", str(spec), "-o", str(tmp_path / "o"))
+    done = taoctl("yolo_v3", "dataset_convert", "-d", str(spec), "-o", str(tmp_path / "o"))
     assert done.returncode == 2 and f"{spec}:3:3" in done.stderr and "val_split" in done.stderr
     assert "Traceback" not in done.stderr
     good = tmp_path / "good.txt"
     good.write_text('kitti_config { root_directory_path: "/nonexistent/kitti" }\n')
-    done = _taoctl("yolo_v3", "dataset_convert", "-d", str(good), "-o", str(tmp_path / "o"), "--dry-run")
+    done = taoctl("yolo_v3", "dataset_convert", "-d", str(good), "-o", str(tmp_path / "o"), "--dry-run")
     assert done.returncode == 2 and "/nonexistent/kitti does not exist" in done.stderr
 
 
 @pytest.mark.slow
-def test_bccd_converts_and_round_trips(tmp_path):
+def test_bccd_converts_and_round_trips(tmp_path, taoctl):
     root = Path("/work/shared/data/bccd_kitti")
     if not root.is_dir():
         pytest.skip("bccd_kitti not available")
@@ -264,7 +257,7 @@ def test_bccd_converts_and_round_trips(tmp_path):
                     f'image_extension: ".jpg" partition_mode: "random" num_partitions: 2 val_split: 20 num_shards: 10 }}\n'
                     f'image_directory_path: "{root}"\n')
     out = tmp_path / "tf" / "bccd"
-    done = _taoctl("detectnet_v2", "dataset_convert", "-d", str(spec), "-o", str(out), "--strict")
+    done = taoctl("detectnet_v2", "dataset_convert", "-d", str(spec), "-o", str(out), "--strict")
     assert done.returncode == 0, done.stderr
     truth, _ = kitti.read_kitti(root / "images", root / "labels", ".jpg", lower=True, frame_prefix="images")
     by_id = {f.frame_id: f for f in truth}
@@ -275,10 +268,10 @@ def test_bccd_converts_and_round_trips(tmp_path):
         np.testing.assert_array_equal(frame.boxes, by_id[frame.frame_id].boxes)
 
 
-def test_data_source_from_tfrecords_or_kitti_agree(sample_kitti, tmp_path):
+def test_data_source_from_tfrecords_or_kitti_agree(sample_kitti, tmp_path, taoctl):
     spec = _spec(tmp_path, sample_kitti, 'partition_mode: "random" num_partitions: 2 val_split: 0 num_shards: 2')
     out = tmp_path / "tf" / "all"
-    assert _taoctl("yolo_v3", "dataset_convert", "-d", str(spec), "-o", str(out)).returncode == 0
+    assert taoctl("yolo_v3", "dataset_convert", "-d", str(spec), "-o", str(out)).returncode == 0
     from_records, r1 = kitti.load_data_source(sample_kitti, tfrecords_path=str(out) + "*", extension=".png",
                                               class_mapping={"circle": "circle", "square": "square"})
     from_labels, r2 = kitti.load_data_source(sample_kitti / "images", label_directory_path=sample_kitti / "labels")

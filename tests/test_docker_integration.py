@@ -53,7 +53,7 @@ def _wheelhouse() -> Path:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def engine(tmp_path_factory, taoctl):
     state = tmp_path_factory.mktemp("dockerd") / "state"
     env = dict(os.environ, TAOCTL_DOCKER_STATE=str(state), TAOCTL_BASE_IMAGE=BASE_IMAGE)
     up = subprocess.run([str(ROOT / ".ci" / "docker.sh"), "up"], env=env, capture_output=True, text=True)
@@ -63,15 +63,14 @@ def engine(tmp_path_factory):
         pytest.skip(f"dockerd cannot start here: {reason}")
     try:
         started = time.monotonic()
-        command = [sys.executable, "-m", "taoctl.launcher.cli", "images", "build", "vision", "--base", BASE_IMAGE,
-                   "--tag", TEST_IMAGE, "--wheels", str(_wheelhouse())]
-        build = subprocess.run(command, capture_output=True, text=True)
+        command = ("images", "build", "vision", "--base", BASE_IMAGE, "--tag", TEST_IMAGE, "--wheels", _wheelhouse())
+        build = taoctl(*command, timeout=3600)
         assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
         print(f"\n{TEST_IMAGE} ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
         # Built again from the same context, the image is reused. A second try allows for a file
         # of a shared checkout that someone saved between the two builds.
         for _ in range(2):
-            again = subprocess.run(command, capture_output=True, text=True)
+            again = taoctl(*command, timeout=3600)
             assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
             if f"{TEST_IMAGE} is up to date" in again.stdout:
                 break
@@ -101,31 +100,25 @@ def _python_for() -> tuple[list[str], dict] | None:
 
 
 @pytest.fixture
-def user(engine):
+def user(engine, taoctl):
     """A host user for the launcher: its home, its config (the test image) and its runner."""
     as_other = os.getuid() == 0 and _python_for() is not None
     python, extra_env = _python_for() if as_other else ([sys.executable], {})
     # Not pytest's tmp_path: its parent is private to the user running the tests.
     tmp = Path(tempfile.mkdtemp(prefix="taoctl-docker-test-"))
     tmp.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("LAUNCHER_MOUNTS", "TAOCTL_RUNTIME")}
-    env.update(extra_env, HOME=str(tmp / "home"), TAOCTL_HOME=str(tmp / "home" / ".taoctl"),
-               USER="tester", LOGNAME="tester")
+    env = {"LAUNCHER_MOUNTS": None, "TAOCTL_RUNTIME": None, **extra_env, "HOME": str(tmp / "home"),
+           "TAOCTL_HOME": str(tmp / "home" / ".taoctl"), "USER": "tester", "LOGNAME": "tester"}
 
     def demote():
         os.setgroups([grp.getgrnam("docker").gr_gid] if _has_group("docker") else [])
         os.setgid(HOST_UID)
         os.setuid(HOST_UID)
 
-    def start(*args, **kwargs):
-        return subprocess.Popen([*python, "-m", "taoctl.launcher.cli", *args], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=demote if as_other else None, cwd=kwargs.get("cwd", tmp))
+    run = taoctl.configured(env=env, python=tuple(python), cwd=tmp, preexec_fn=demote if as_other else None)
 
-    def run(*args, timeout=300, **kwargs):
-        proc = start(*args, **kwargs)
-        out, err = proc.communicate(timeout=timeout)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    def start(*args, **kwargs):  # output streams live: tests read job.stdout while it runs
+        return run.start(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
     def make_dir(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
@@ -159,12 +152,11 @@ def mounts_file(path: Path, mounts: dict[str, str], **extra) -> Path:
     return path
 
 
-def test_dataset_convert_through_a_mounts_file(user):
+def test_dataset_convert_through_a_mounts_file(user, taoctl):
     """A real subtask: KITTI -> TFRecords with host paths on the command line, outputs the user's."""
     project = user.mkdir(user.tmp / "project")
     data = project / "data"
-    subprocess.run([sys.executable, "-m", "taoctl.engine.data.samples", "--out", str(data)], check=True,
-                   capture_output=True)
+    taoctl.run_module("taoctl.engine.data.samples", "--out", data, check=True)
     specs = user.mkdir(project / "specs")
     # Paths inside a spec are read in the container, as in TAO: they are container paths.
     (specs / "convert.txt").write_text(
@@ -373,10 +365,9 @@ def test_local_runs_say_so_when_a_mounts_file_and_docker_are_present(user):
                                                 f"mounts {user.tmp / 'home' / '.tao_mounts.json'}")
 
 
-def test_dry_run_plans_the_container_and_checks_the_spec_inside_it(user):
+def test_dry_run_plans_the_container_and_checks_the_spec_inside_it(user, taoctl):
     project = user.mkdir(user.tmp / "project")
-    subprocess.run([sys.executable, "-m", "taoctl.engine.data.samples", "--out", str(project / "data")], check=True,
-                   capture_output=True)
+    taoctl.run_module("taoctl.engine.data.samples", "--out", project / "data", check=True)
     spec = 'kitti_config {{ root_directory_path: "{root}" image_dir_name: "images" label_dir_name: "labels" }}\n'
     (project / "container.txt").write_text(spec.format(root="/exp/data/kitti"))
     (project / "host.txt").write_text(spec.format(root=project / "data" / "kitti"))

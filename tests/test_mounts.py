@@ -216,12 +216,7 @@ def test_build_context_is_the_source_only_and_reproducible(tmp_path):
     assert "torch==2.13.0" in reqs and "pytest" not in reqs
 
 
-def taoctl(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "taoctl.launcher.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=60)
-
-
-def test_unreachable_daemon_is_one_line(tmp_path):
+def test_unreachable_daemon_is_one_line(tmp_path, taoctl):
     sock = tmp_path / "no.sock"
     result = taoctl("--runtime", "docker", "classification", "run", "true", env={"DOCKER_HOST": f"unix://{sock}"})
     assert result.returncode == 2
@@ -231,7 +226,7 @@ def test_unreachable_daemon_is_one_line(tmp_path):
     assert f"docker (not reachable at unix://{sock})" in info.stdout
 
 
-def test_docker_flags_with_local_runtime_are_an_error():
+def test_docker_flags_with_local_runtime_are_an_error(taoctl):
     result = taoctl("--runtime", "local", "classification", "run", "true", "--mounts", "x.json")
     assert result.returncode == 2
     assert "apply to the docker runtime" in result.stderr

@@ -37,7 +37,7 @@ def test_torchvision_mobilenet_v2_loads_completely():
     report = pre.load_pretrained(model, mobilenet_v2_file(), log=None)
     assert report.missing == [] and report.unexpected == [] and report.mismatched == []
     assert len(report.loaded) == tensor_count(model) == 262
-    assert not report.by_position and not report.head_reinitialised
+    assert not report.by_position and not report.heads_reinitialised
 
 
 def test_lukemelas_lite0_loads_by_position():
@@ -68,8 +68,8 @@ def test_same_outputs_as_torchvision_with_the_same_weights():
 def test_new_class_count_reinitialises_only_the_head(capsys):
     model = create_model("mobilenet_v2", 2)
     report = pre.load_pretrained(model, mobilenet_v2_file())
-    assert report.head_reinitialised and report.missing_backbone == []
-    assert "head re-initialised" in capsys.readouterr().out
+    assert report.heads_reinitialised == ["classifier.1"] and report.missing_backbone == []
+    assert "head classifier.1 re-initialised" in capsys.readouterr().out
     state = torch.load(mobilenet_v2_file(), weights_only=True)
     assert torch.equal(model.features[18][0].weight, state["features.18.0.weight"])
     assert model.classifier[1].weight.shape == (2, 1280)
@@ -116,7 +116,7 @@ def test_pruned_taoctl_file_rebuilds_layer_widths(tmp_path):
     save_model(path, model, {"task": "classification"})
     fresh = create_model("resnet10", 5)  # retrain with another class count
     report = pre.load_pretrained(fresh, path, log=None)
-    assert report.mismatched == [] and report.missing_backbone == [] and report.head_reinitialised
+    assert report.mismatched == [] and report.missing_backbone == [] and report.heads_reinitialised == ["fc"]
     assert fresh.conv1.out_channels == model.conv1.out_channels < 64
     assert fresh.fc.in_features == model.fc.in_features and fresh.fc.out_features == 5
     with torch.no_grad():
@@ -193,7 +193,7 @@ def test_hub_names_use_the_cache(tmp_path, monkeypatch):
                                     log=None)
     assert len(tv_report.loaded) == 262
     timm_report = pre.load_pretrained(create_model("resnet18", 3), "timm:resnet18", log=None)
-    assert timm_report.missing_backbone == [] and timm_report.head_reinitialised
+    assert timm_report.missing_backbone == [] and timm_report.heads_reinitialised == ["fc"]
 
 
 def _preprocess(path, mean, std):
@@ -238,7 +238,7 @@ def test_torchvision_name_resolves_to_the_pip_installed_copy(tmp_path, monkeypat
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("no download"))
     assert pre.resolve_source("torchvision:mobilenet_v2.IMAGENET1K_V1") == str(mobilenet_v2_file())
     report = pre.load_pretrained(create_model("mobilenet_v2", 2), "torchvision:mobilenet_v2.IMAGENET1K_V1", log=None)
-    assert report.missing_backbone == [] and report.head_reinitialised
+    assert report.missing_backbone == [] and report.heads_reinitialised == ["classifier.1"]
     with pytest.raises(TaoctlError, match="mobilenet_v2 has weights IMAGENET1K_V1, IMAGENET1K_V2"):
         pre.resolve_source("torchvision:mobilenet_v2.IMAGENET9K")
 

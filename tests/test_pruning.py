@@ -51,6 +51,20 @@ def test_granularity_and_min_filters_round_up():
     assert _kept_norms(net) == [7.0, 8.0]
 
 
+def test_named_heads_keep_their_outputs_and_lose_inputs():
+    net = _two_layer_net([1, 2, 3, 4, 5, 6, 7, 8])
+    with torch.no_grad():
+        net[3].weight[1] *= 0.01  # an output filter the threshold would drop
+    unprotected = copy.deepcopy(net)
+    net.head_names = ("3",)  # the model declares its output layer; prune_model takes it from there
+    prune_model(net, (3, 8, 8), threshold=0.7, granularity=1, min_filters=1)
+    assert (net[3].in_channels, net[3].out_channels) == (3, 2)
+    prune_model(unprotected, (3, 8, 8), threshold=0.7, granularity=1, min_filters=1)
+    assert (unprotected[3].in_channels, unprotected[3].out_channels) == (3, 1)
+    with pytest.raises(TaoctlError, match="the model has no output layer 9"):
+        prune_model(net, (3, 8, 8), output_layers=["9"])
+
+
 def test_bn_folded_criterion_sees_what_batchnorm_does():
     # Equal kernel norms: plain L2 cannot tell the channels apart; BatchNorm's scale (gamma) can.
     gammas = [0.01, 0.02, 0.03, 0.04, 1.0, 1.1, 1.2, 1.3]
@@ -95,14 +109,15 @@ def test_refit_brings_a_pruned_mobilenet_closer_to_the_original():
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     original = copy.deepcopy(model)
-    report = prune_model(model, (3, 32, 32), threshold=0.5, granularity=8, min_filters=8,
-                         output_layers=[model.head_name])
+    report = prune_model(model, (3, 32, 32), threshold=0.5, granularity=8, min_filters=8)
     calibration, held_out = torch.randn(64, 3, 32, 32), torch.randn(16, 3, 32, 32)
     with torch.no_grad():
         before = (model(held_out) - original(held_out)).pow(2).mean()
         refit = reconstruct(original, model, calibration, report.kept_outputs)
         after = (model(held_out) - original(held_out)).pow(2).mean()
-    assert refit and all(not name.startswith("classifier") for name in refit)
+    # The head keeps its 3 outputs; its inputs were pruned with the layer feeding it, so it is refit last.
+    assert model.classifier[1].out_features == 3 and model.classifier[1].in_features < 1280
+    assert refit[-1] == "classifier.1"
     assert after < 0.5 * before
 
 

@@ -1,8 +1,6 @@
 """The sample generator: deterministic, idempotent, exact KITTI boxes, a learnable ImageFolder."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -102,8 +100,7 @@ def test_classes_differ_in_colour(generated):
     assert (predicted == yva).mean() > 0.6
 
 
-def test_command_line(generated):
+def test_command_line(generated, taoctl):
     root, stamp = generated
-    run = [sys.executable, "-m", "taoctl.engine.data.samples", "--out", str(root), "--seed", str(SEED)]
-    done = subprocess.run(run, capture_output=True, text=True, check=True)
+    done = taoctl.run_module("taoctl.engine.data.samples", "--out", root, "--seed", SEED, check=True)
     assert done.stdout.startswith("already generated:") and str(stamp["kitti"]["objects"]) in done.stdout

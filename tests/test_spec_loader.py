@@ -175,6 +175,20 @@ def test_legacy_fields_warn_with_position_and_are_cleared(tmp_path, legacy_kind)
     assert spec.inner[1].dbscan_min_samples == 3
 
 
+def test_legacy_value_inside_a_map_entry_is_cleared_in_the_map(tmp_path):
+    from taoctl.tasks.detectnet_v2 import spec as detectnet_v2
+
+    path = write(tmp_path, 'model_config { arch: "resnet" }\npostprocessing_config {\n  target_class_config {\n'
+                           '    key: "car"\n    value { clustering_config { dbscan_min_samples: 0.05 dbscan_eps: 0.2 } }'
+                           '\n  }\n}\n')
+    warnings: list[str] = []
+    spec = detectnet_v2.load(path, on_warning=warnings.append)
+    assert warnings == [f'{path}:5:33: warning: legacy value 0.05 of "dbscan_min_samples" in ClusteringConfig ignored '
+                        "(older TAO releases took a float; current TAO takes a whole number), the default is used"]
+    clustering = spec.postprocessing_config.target_class_config["car"].clustering_config
+    assert clustering.dbscan_min_samples == 0 and clustering.dbscan_eps == pytest.approx(0.2)
+
+
 def test_required_through_repeated_fields_names_the_element(tmp_path, legacy_kind):
     path = write(tmp_path, 'inner { names: "a" }\ninner { }\n')
     with pytest.raises(SpecError, match=r": missing required value inner\[1\]\.names$"):
@@ -277,12 +291,7 @@ def test_detect_kind_by_top_level_fields(tmp_path, legacy_kind):
     assert specs.detect_kind(write(tmp_path, "unrelated: 1\n", "u.txt"), kinds) is None
 
 
-def taoctl(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "taoctl.launcher.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=60)
-
-
-def test_spec_check_command(tmp_path):
+def test_spec_check_command(tmp_path, taoctl):
     good = write(tmp_path, GOOD, "good.txt")
     bad = write(tmp_path, 'model_config {\n  n_layrs: 1\n}\n', "bad.txt")
     result = taoctl("spec", "check", "classification", str(good), str(bad))

@@ -64,9 +64,9 @@ def test_sigkill_mid_epoch_then_same_command_resumes_and_matches_uninterrupted_r
     assert weights_equal(straight / "rank0.safetensors", killed / "rank0.safetensors")
 
 
-def test_ddp_two_cpu_processes_end_with_equal_weights(tmp_path):
+def test_ddp_two_cpu_processes_with_ema_and_clipping_end_with_equal_weights(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", WORKER,
-               str(tmp_path), "2"]
+               str(tmp_path), "2", "--ema", "0.9", "--clip", "0.5"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,6 +1,6 @@
 """A tiny real training job on the engine, run as a subprocess by the trainer tests.
 
-usage: python trainer_worker.py RESULTS_DIR EPOCHS [--slow SECONDS_PER_STEP]
+usage: python trainer_worker.py RESULTS_DIR EPOCHS [--slow SECONDS_PER_STEP] [--ema DECAY] [--clip NORM]
 Runs plain or under torchrun (DDP); each rank writes its final weights to
 RESULTS_DIR/rank<r>.safetensors so tests can compare ranks.
 """
@@ -14,12 +14,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from taoctl.engine import distributed
-from taoctl.engine.trainer import Trainer, prepare_results_dir, seed_everything
+from taoctl.engine.trainer import EvalHook, Trainer, prepare_results_dir, seed_everything
 
 
 def main():
     results_dir, epochs = sys.argv[1], int(sys.argv[2])
-    slow = float(sys.argv[sys.argv.index("--slow") + 1]) if "--slow" in sys.argv else 0.0
+    slow, ema_decay, clip = (float(sys.argv[sys.argv.index(flag) + 1]) if flag in sys.argv else None
+                             for flag in ("--slow", "--ema", "--clip"))
     info = distributed.init_distributed()
     seed_everything(7)
     data = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
@@ -46,8 +47,9 @@ def main():
         prepare_results_dir(results_dir, "tiny spec", task="test")
     distributed.barrier()
     trainer = Trainer(model, optimizer, loader, loss_fn, results_dir, max_epochs=epochs, model_name="tiny",
-                      manifest={"task": "test", "arch": {"name": "tiny"}}, scheduler=scheduler, evaluate=evaluate,
-                      seed=7, progress_interval_s=0.0)
+                      manifest={"task": "test", "arch": {"name": "tiny"}}, scheduler=scheduler,
+                      hooks=[EvalHook(evaluate)], seed=7, progress_interval_s=0.0, ema_decay=ema_decay,
+                      clip_grad_norm=clip)
     trained = trainer.train()
     save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, f"{results_dir}/rank{info.rank}.safetensors")
     distributed.cleanup()

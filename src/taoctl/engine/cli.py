@@ -16,6 +16,7 @@ import traceback
 import click
 
 from taoctl.errors import TaoctlError
+from taoctl.text import is_number
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -43,7 +44,7 @@ class MultiValueOption(click.Option):
             prefixes = parser._opt_prefixes
 
             def process(value, state, _original=original_process, _self=self):
-                def is_flag(text):
+                def is_flag(text):  # "-1" and "-0.5" are values, not flags
                     return text[:1] in prefixes and len(text) > 1 and not is_number(text)
 
                 values = []
@@ -61,15 +62,6 @@ class MultiValueOption(click.Option):
 
             parser_option.process = process
         return None
-
-
-def is_number(text: str) -> bool:
-    """True for "-1", "0.5", "1e-3": values, not flags, after an option that takes several."""
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def spec_option(required: bool = True, names=("-e", "--experiment_spec_file", "--experiment_spec")):

@@ -59,3 +59,8 @@ def to_device(value, device: torch.device, non_blocking: bool = False):
 
 def amp_enabled(device: torch.device, use_amp: bool) -> bool:
     return bool(use_amp) and device.type == "cuda"
+
+
+def cpu_threads() -> int:
+    """The CPU cores this process may run on (its affinity, which containers and taskset narrow)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -60,14 +60,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj, src: int = 0):
-    if not current().enabled:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]
-
-
 def all_reduce_mean(value: float, device: torch.device) -> float:
     info = current()
     if not info.enabled:

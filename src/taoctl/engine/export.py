@@ -1,74 +1,311 @@
-"""Deployment exports: ONNX (fp32/fp16), calibrated INT8 (QDQ ONNX + TensorRT cache), TensorRT engines.
+"""Deployment exports for every task: ONNX (fp32/fp16), calibrated INT8 (QDQ ONNX + TensorRT cache),
+TensorRT engines and DeepStream nvinfer configs.
 
-* :func:`export_onnx` writes an ONNX model with a dynamic batch axis and checks it against
-  PyTorch on real inputs (the max abs difference is returned for the caller to print).
-* :func:`quantize_int8` runs static post-training quantisation with onnxruntime (QDQ format,
-  per-channel weights) from calibration batches, and writes a TensorRT calibration cache
-  (``TRT-<ver>-EntropyCalibration2`` text with each tensor's scale as big-endian float hex)
-  from the same activation ranges, so TensorRT can build an INT8 engine on the target.
-* :func:`build_tensorrt_engine` builds an engine when ``tensorrt`` imports; otherwise it
-  raises a TaoctlError saying exactly that (the caller keeps the ONNX).
+A task describes what it deploys in an :class:`ExportAdapter` (the module, its input and output
+names, dynamic axes, how each output is checked, the INT8 agreement to print, its DeepStream
+fields); :func:`export_model` does the rest for any adapter:
 
+1. fp32 ONNX with ``torch.onnx.export(dynamo=True)``, the requested opset or one error line;
+2. every output checked against PyTorch on the caller's sample inputs (a failure writes nothing);
+3. ``fp16``: onnxruntime's float16 converter; ``int8``: static QDQ quantisation with
+   onnxruntime from calibration batches, plus a TensorRT calibration cache
+   (``TRT-<ver>-EntropyCalibration2`` text, each tensor's scale as big-endian float hex);
+4. optionally a TensorRT engine (one profile covering every input) and DeepStream's
+   ``nvinfer_config.txt`` + ``labels.txt``.
+
+Inputs and outputs travel as dicts ``{name: array}``; :func:`run_onnx` returns all outputs so.
 Everything is written to a temporary file first and moved into place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import struct
 import tempfile
+import warnings
+from dataclasses import dataclass, field, fields
+from enum import IntEnum
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from taoctl.errors import TaoctlError
-from taoctl.fileio import atomic_path, write_atomic
+from taoctl.fileio import write_atomic
 
 # TensorRT 8.6's calibration-cache header; TensorRT reads the ranges regardless of the version digits.
 TRT_CACHE_HEADER = "TRT-8601-EntropyCalibration2"
+DEFAULT_TOLERANCE = 1e-3
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
-class _WithSoftmax(nn.Module):
-    """Exported classifiers output probabilities, as TAO's (``predictions/Softmax``) do."""
+@dataclass(frozen=True)
+class Axis:
+    """A dynamic axis of the exported inputs; inputs naming the same axis share its size."""
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return torch.softmax(self.model(x), dim=1)
+    name: str
+    min: int = 1
+    max: int = 4096
 
 
-def export_onnx(model: nn.Module, path, input_shape: tuple[int, int, int], sample: torch.Tensor | None = None,
-                softmax: bool = True, opset: int | None = None, input_name: str = "input_1",
-                output_name: str = "predictions") -> float:
-    """Export ``model`` (eval mode, CPU) to ``path``; return max |onnx - torch| on ``sample``.
+# The batch axis; its TensorRT profile range comes from the export's max batch size.
+BATCH = Axis("batch")
 
-    ``sample`` is a normalised N x C x H x W batch (real images); random data when None.
+# (onnx output, PyTorch output) -> why they differ, or None when they agree.
+Comparison = Callable[[np.ndarray, np.ndarray], "str | None"]
+Outputs = dict[str, np.ndarray]
+
+
+class NetworkType(IntEnum):
+    """nvinfer's ``network-type``."""
+
+    DETECTOR = 0
+    CLASSIFIER = 1
+    SEGMENTATION = 2
+    INSTANCE_SEGMENTATION = 3
+    OTHER = 100
+
+
+class ClusterMode(IntEnum):
+    """nvinfer's ``cluster-mode``: how a detector's boxes are grouped."""
+
+    GROUP_RECTANGLES = 0
+    DBSCAN = 1
+    NMS = 2
+    DBSCAN_NMS_HYBRID = 3
+    NONE = 4
+
+
+@dataclass(frozen=True)
+class ClassAttributes:
+    """One ``[class-attrs-all]`` / ``[class-attrs-<class id>]`` group of a detector's nvinfer config.
+
+    Unset (None) values are left out, so nvinfer uses its defaults.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval().cpu()
-    wrapped = _WithSoftmax(model) if softmax else model
-    if sample is None:
-        sample = torch.randn(2, *input_shape)
-    dummy = sample[:2] if len(sample) >= 2 else torch.cat([sample, sample])
-    import warnings
 
-    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+    pre_cluster_threshold: float | None = None
+    post_cluster_threshold: float | None = None
+    eps: float | None = None
+    min_boxes: int | None = None
+    group_threshold: int | None = None
+    dbscan_min_score: float | None = None
+    nms_iou_threshold: float | None = None
+    topk: int | None = None
+
+    _KEYS = {"min_boxes": "minBoxes"}  # nvinfer spells this one in camel case; the others in kebab case
+
+    def lines(self) -> list[str]:
+        return [f"{self._KEYS.get(f.name, f.name.replace('_', '-'))}={_format(getattr(self, f.name))}"
+                for f in fields(self) if getattr(self, f.name) is not None]
+
+
+@dataclass(frozen=True)
+class DeepStreamFields:
+    """The nvinfer ``[property]`` keys that differ per network, and what labels.txt lists.
+
+    ``normalizer``: the model's preprocessing (``Normalizer.describe()``: mean, std on the
+    0-255 scale, bgr), from which net-scale-factor, offsets and model-color-format follow.
+    ``class_attributes``: keyed ``"all"`` or a class id. output-blob-names are the adapter's
+    output names; num-detected-classes is the number of labels.
+    """
+
+    network_type: NetworkType
+    labels: tuple[str, ...]
+    normalizer: Mapping
+    cluster_mode: ClusterMode | None = None
+    classifier_threshold: float | None = None
+    process_mode: int = 1  # 1 primary (full frames), 2 secondary (objects of an upstream detector)
+    class_attributes: Mapping[str | int, ClassAttributes] = field(default_factory=dict)
+
+
+@dataclass
+class ExportAdapter:
+    """What a task deploys, for :func:`export_model`.
+
+    ``module`` is exported as is (a classifier wraps its model with the softmax it deploys).
+    ``dynamic_axes``: per input, ``{axis index: Axis}`` (``BATCH``, a sequence axis, ...).
+    ``tolerances``: max abs difference allowed per output (default ``DEFAULT_TOLERANCE``);
+    ``comparisons`` replace it for outputs that need their own check (e.g. NMS results).
+    ``int8_agreement(fp32 outputs, int8 outputs)`` says how well INT8 agrees (e.g. top-1);
+    without it the max abs differences are printed. ``items`` names a batch row in messages.
+    """
+
+    module: nn.Module
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    dynamic_axes: Mapping[str, Mapping[int, Axis]] = field(default_factory=dict)
+    tolerances: Mapping[str, float] = field(default_factory=dict)
+    comparisons: Mapping[str, Comparison] = field(default_factory=dict)
+    int8_agreement: Callable[[Outputs, Outputs], str] | None = None
+    deepstream: DeepStreamFields | None = None
+    items: str = "images"
+
+
+@dataclass
+class ExportResult:
+    onnx: Path
+    cal_cache: Path | None = None
+    engine: Path | None = None
+    deepstream_config: Path | None = None
+
+
+def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray], *,
+                 sample_desc: str = "sample inputs", data_type: str = "fp32", opset: int | None = None,
+                 calibration: Iterable[Mapping[str, np.ndarray]] | None = None, cal_cache=None,
+                 cal_method: str = "minmax", engine_file=None, max_batch_size: int = 16,
+                 gen_ds_config: bool = False) -> ExportResult:
+    """Export ``adapter`` to ``output`` (.onnx) in ``data_type``; see the module docstring.
+
+    ``sample``: real model inputs by input name (``sample_desc`` says what they are in messages);
+    ``calibration``: INT8 calibration batches, each ``{input name: array}``.
+    """
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise TaoctlError(f"-o {output}: taoctl exports ONNX; name the output *.onnx")
+    if data_type not in ("fp32", "fp16", "int8"):
+        raise TaoctlError(f"unknown data type {data_type}; use fp32, fp16 or int8")
+    if set(sample) != set(adapter.input_names):
+        raise ValueError(f"sample inputs {sorted(sample)} are not the adapter's inputs {list(adapter.input_names)}")
+    if gen_ds_config and adapter.deepstream is None:
+        raise ValueError("this adapter has no DeepStream fields")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result = ExportResult(output)
+    with tempfile.TemporaryDirectory(dir=output.parent) as work:
+        fp32 = Path(work) / "fp32.onnx"
+        export_onnx(adapter, fp32, sample, opset)
+        reference = run_onnx(fp32, sample)
+        checks = check_outputs(adapter, reference, torch_outputs(adapter, sample))
+        print(f"ONNX fp32 vs PyTorch on {sample_desc}: {_summary(checks)}", flush=True)
+        for name, _, failure in checks:
+            if failure:
+                raise TaoctlError(f"exported ONNX output {name} differs from PyTorch: {failure}; not writing {output}")
+        final = fp32
+        if data_type == "fp16":
+            final = Path(work) / "fp16.onnx"
+            convert_fp16(fp32, final)
+            checks = check_outputs(adapter, run_onnx(final, sample), reference)
+            print(f"ONNX fp16 vs fp32: {_summary(checks)}", flush=True)
+        elif data_type == "int8":
+            batches = list(calibration or [])
+            if not batches:
+                raise TaoctlError(f"INT8 calibration needs at least one batch of {adapter.items}")
+            final = Path(work) / "int8.onnx"
+            result.cal_cache = Path(cal_cache) if cal_cache else output.with_suffix(".cal.bin")
+            count = sum(len(batch[adapter.input_names[0]]) for batch in batches)
+            print(f"Calibrating on {count} {adapter.items} ({cal_method}) ...", flush=True)
+            quantize_int8(fp32, final, batches, cache_path=result.cal_cache, method=cal_method)
+            quantised = run_onnx(final, sample)
+            agreement = adapter.int8_agreement(reference, quantised) if adapter.int8_agreement else \
+                _summary(check_outputs(adapter, quantised, reference))
+            print(f"ONNX int8 vs fp32 on {sample_desc}: {agreement}", flush=True)
+            print(f"Wrote TensorRT calibration cache {result.cal_cache}", flush=True)
+        os.replace(final, output)
+    print(f"Exported {data_type} ONNX model to {output}", flush=True)
+    if engine_file:
+        try:
+            build_tensorrt_engine(output, engine_file, tensorrt_profile(adapter, sample, max_batch_size), data_type)
+            result.engine = Path(engine_file)
+            print(f"Wrote TensorRT engine {engine_file}", flush=True)
+        except TaoctlError as exc:  # the ONNX model is the deliverable; the engine can be built on the target
+            print(f"Warning: {exc}", flush=True)
+    if gen_ds_config:
+        labels = output.parent / "labels.txt"
+        write_atomic(labels, "\n".join(adapter.deepstream.labels) + "\n")
+        result.deepstream_config = output.parent / "nvinfer_config.txt"
+        first = adapter.input_names[0]
+        deepstream_config(result.deepstream_config, adapter.deepstream, onnx_file=output.name, labels_file=labels.name,
+                          input_shape=tuple(sample[first].shape[1:]), output_names=adapter.output_names,
+                          data_type=data_type, max_batch_size=max_batch_size,
+                          cal_cache=result.cal_cache.name if result.cal_cache else None,
+                          engine_file=result.engine.name if result.engine else None)
+        print(f"Wrote DeepStream config {result.deepstream_config} and {labels}", flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------- ONNX export and checks
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx and onnxscript log their progress, and a failed opset conversion as a traceback
+    followed by success; the opset is checked afterwards instead."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            wrapped, (dummy,), dynamo=True, input_names=[input_name], output_names=[output_name],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), opset_version=opset,
-            external_data=False, verbose=False)
-        program.save(str(tmp))
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def export_onnx(adapter: ExportAdapter, path, sample: Mapping[str, np.ndarray], opset: int | None = None) -> None:
+    """fp32 ONNX of ``adapter.module`` (eval mode, CPU) with the adapter's names and dynamic axes."""
+    module = adapter.module.eval().cpu()
+    dims: dict[str, torch.export.Dim] = {}
+    dynamic_shapes = []
+    traced = []
+    for name in adapter.input_names:
+        axes = adapter.dynamic_axes.get(name, {})
+        for axis in axes.values():  # one Dim per axis name: inputs naming it share its size
+            if axis.name not in dims:
+                dims[axis.name] = torch.export.Dim(axis.name, min=axis.min, max=axis.max)
+        dynamic_shapes.append({index: dims[axis.name] for index, axis in axes.items()} or None)
+        array = np.asarray(sample[name])
+        for index in axes:  # torch.export specialises sizes 0 and 1, so trace dynamic axes at size >= 2
+            if array.shape[index] < 2:
+                array = np.concatenate([array, array], axis=index)
+        traced.append(torch.from_numpy(np.ascontiguousarray(array)))
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(module, tuple(traced), dynamo=True, input_names=list(adapter.input_names),
+                                    output_names=list(adapter.output_names), dynamic_shapes=tuple(dynamic_shapes),
+                                    opset_version=opset, external_data=False, verbose=False)
+    written = next(entry.version for entry in program.model_proto.opset_import if entry.domain in ("", "ai.onnx"))
+    if opset is not None and written != opset:
+        raise TaoctlError(f"ONNX opset {opset} cannot be produced for this model: torch.onnx wrote opset {written} and "
+                          f"could not convert it; ask for opset {written} or newer, or leave the opset unset")
+    program.save(str(path))
+
+
+def torch_outputs(adapter: ExportAdapter, inputs: Mapping[str, np.ndarray]) -> Outputs:
+    """The adapter module's outputs by name, for the same inputs ONNX gets."""
+    module = adapter.module.eval().cpu()
     with torch.no_grad():
-        expected = wrapped(sample).numpy()
-    actual = run_onnx(path, sample.numpy())
-    return float(np.abs(actual - expected).max())
+        outputs = module(*(torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in adapter.input_names))
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    if len(outputs) != len(adapter.output_names):
+        raise ValueError(f"the module returns {len(outputs)} outputs; the adapter names {len(adapter.output_names)}")
+    return {name: out.numpy() for name, out in zip(adapter.output_names, outputs)}
+
+
+def check_outputs(adapter: ExportAdapter, actual: Outputs, expected: Outputs) -> list[tuple[str, str, str | None]]:
+    """(output name, what was measured, why it fails the adapter's check or None) for every output."""
+    checks = []
+    for name in adapter.output_names:
+        got, want = np.asarray(actual[name]), np.asarray(expected[name])
+        if name in adapter.comparisons:
+            why = adapter.comparisons[name](got, want)
+            checks.append((name, why or "matches", why))
+        elif got.shape != want.shape:
+            found = f"shape {got.shape}, expected {want.shape}"
+            checks.append((name, found, found))
+        else:
+            diff = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max()) if got.size else 0.0
+            tolerance = adapter.tolerances.get(name, DEFAULT_TOLERANCE)
+            found = f"max abs diff {diff:.3g}"
+            checks.append((name, found, None if diff <= tolerance else f"{found} (over {tolerance:g})"))  # NaN fails
+    return checks
+
+
+def _summary(checks: list[tuple[str, str, str | None]]) -> str:
+    if len(checks) == 1:
+        return checks[0][1]
+    return ", ".join(f"{name} {text}" for name, text, _ in checks)
 
 
 def ort_session(path, threads: int | None = None):
@@ -85,16 +322,30 @@ def ort_session(path, threads: int | None = None):
         raise TaoctlError(f"{path}: onnxruntime cannot load it ({exc})") from exc
 
 
-def run_onnx(path_or_session, batch: np.ndarray) -> np.ndarray:
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+              "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+
+
+def run_onnx(path_or_session, inputs: np.ndarray | Mapping[str, np.ndarray]) -> Outputs:
+    """Every output of an ONNX model, by name; ``inputs`` by name, or one array for a one-input model.
+
+    Arrays are cast to the types the model declares (fp32 data into an fp16 model, say).
+    """
     session = ort_session(path_or_session) if isinstance(path_or_session, (str, os.PathLike)) else path_or_session
-    name = session.get_inputs()[0].name
-    dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-    return session.run(None, {name: batch.astype(dtype)})[0].astype(np.float32)
-
-
-def onnx_input_shape(path) -> tuple[int | None, ...]:
-    session = ort_session(path)
-    return tuple(d if isinstance(d, int) else None for d in session.get_inputs()[0].shape)
+    declared = session.get_inputs()
+    if not isinstance(inputs, Mapping):
+        if len(declared) != 1:
+            raise TaoctlError(f"the model takes {len(declared)} inputs ({', '.join(i.name for i in declared)}); "
+                              f"pass them by name")
+        inputs = {declared[0].name: inputs}
+    missing = [i.name for i in declared if i.name not in inputs]
+    if missing:
+        raise TaoctlError(f"model input {', '.join(missing)} not given")
+    feed = {i.name: np.asarray(inputs[i.name]).astype(_ORT_TYPES.get(i.type, np.asarray(inputs[i.name]).dtype),
+                                                      copy=False) for i in declared}
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed)))
 
 
 def convert_fp16(src, dst) -> None:
@@ -103,15 +354,14 @@ def convert_fp16(src, dst) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    with atomic_path(dst) as tmp:
-        onnx.save(model, str(tmp))
+    onnx.save(model, str(dst))
 
 
+# --------------------------------------------------------------------------- INT8
 class _Reader:
-    """onnxruntime CalibrationDataReader over a list of batches (rewindable)."""
+    """onnxruntime CalibrationDataReader over a list of ``{input name: array}`` batches (rewindable)."""
 
-    def __init__(self, input_name: str, batches: list[np.ndarray]):
-        self.input_name = input_name
+    def __init__(self, batches: list[dict[str, np.ndarray]]):
         self.batches = batches
         self.position = 0
 
@@ -119,51 +369,54 @@ class _Reader:
         if self.position >= len(self.batches):
             return None
         self.position += 1
-        return {self.input_name: self.batches[self.position - 1]}
+        return self.batches[self.position - 1]
 
     def rewind(self):
         self.position = 0
 
 
-def quantize_int8(fp32_path, int8_path, batches: Iterable[np.ndarray], cache_path=None,
-                  method: str = "minmax", progress: Callable[[str], None] = print) -> dict:
+def quantize_int8(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarray]], cache_path=None,
+                  method: str = "minmax") -> dict[str, tuple[float, float]]:
     """Calibrated static INT8 (QDQ) of an fp32 ONNX model; returns the activation ranges used.
 
-    ``batches``: normalised float32 calibration batches. ``method``: minmax, entropy or percentile.
+    ``batches``: calibration inputs, each ``{input name: array}`` (float arrays as float32).
+    ``method``: minmax, entropy or percentile.
     """
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import create_calibrator
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    methods = dict(zip(CALIBRATION_METHODS,
+                       (CalibrationMethod.MinMax, CalibrationMethod.Entropy, CalibrationMethod.Percentile)))
     if method not in methods:
         raise TaoctlError(f"unknown calibration method {method}; use {', '.join(methods)}")
-    batches = [np.ascontiguousarray(b, dtype=np.float32) for b in batches]
-    if not batches:
-        raise TaoctlError("INT8 calibration needs at least one batch of images")
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    weights = {tensor.name for tensor in graph.initializer}  # older exporters list weights as inputs too
+    names = [i.name for i in graph.input if i.name not in weights]
+    prepared_batches = []
+    for batch in batches:
+        if set(batch) != set(names):
+            raise TaoctlError(f"a calibration batch has inputs {sorted(batch)}; the model takes {names}")
+        prepared_batches.append({name: np.ascontiguousarray(array, dtype=np.float32)
+                                 if np.issubdtype(np.asarray(array).dtype, np.floating) else np.ascontiguousarray(array)
+                                 for name, array in batch.items()})
+    if not prepared_batches:
+        raise TaoctlError("INT8 calibration needs at least one batch")
     int8_path = Path(int8_path)
     int8_path.parent.mkdir(parents=True, exist_ok=True)
-    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory(dir=int8_path.parent) as work:
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        progress(f"Calibrating on {sum(len(b) for b in batches)} images ({method}) ...")
         calibrator = create_calibrator(str(prepared), calibrate_method=methods[method],
                                        augmented_model_path=str(Path(work) / "augmented.onnx"))
-        calibrator.collect_data(_Reader(input_name, batches))
+        calibrator.collect_data(_Reader(prepared_batches))
         ranges = {name: (float(np.asarray(r.range_value[0] if hasattr(r, "range_value") else r[0]).item()),
                          float(np.asarray(r.range_value[1] if hasattr(r, "range_value") else r[1]).item()))
                   for name, r in calibrator.compute_data().data.items()}
         del calibrator
         tmp = Path(work) / "int8.onnx"
-        quantize_static(str(prepared), str(tmp), _Reader(input_name, batches), quant_format=QuantFormat.QDQ,
+        quantize_static(str(prepared), str(tmp), _Reader(prepared_batches), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method])
         os.replace(tmp, int8_path)
@@ -192,9 +445,33 @@ def read_trt_cache(path) -> dict[str, float]:
     return out
 
 
-def build_tensorrt_engine(onnx_path, engine_path, data_type: str = "fp32", max_batch_size: int = 16,
-                          input_shape: tuple[int, int, int] | None = None, cal_cache=None) -> None:
-    """Build a serialized TensorRT engine; TaoctlError when ``tensorrt`` does not import."""
+# --------------------------------------------------------------------------- TensorRT
+Shape = tuple[int, ...]
+
+
+def tensorrt_profile(adapter: ExportAdapter, sample: Mapping[str, np.ndarray],
+                     max_batch_size: int) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """(min, opt, max) shape of every input: fixed axes as in ``sample``, the batch axis
+    1 .. ``max_batch_size`` (optimum half of it), other dynamic axes their range (optimum as in ``sample``)."""
+    profile = {}
+    for name in adapter.input_names:
+        low, best, high = (list(np.asarray(sample[name]).shape) for _ in range(3))
+        for index, axis in adapter.dynamic_axes.get(name, {}).items():
+            if axis.name == BATCH.name:
+                low[index], best[index], high[index] = 1, max(1, max_batch_size // 2), max_batch_size
+            else:
+                low[index], high[index] = axis.min, axis.max
+                best[index] = min(max(best[index], axis.min), axis.max)
+        profile[name] = (tuple(low), tuple(best), tuple(high))
+    return profile
+
+
+def build_tensorrt_engine(onnx_path, engine_path, profile: Mapping[str, tuple[Shape, Shape, Shape]],
+                          data_type: str = "fp32") -> None:
+    """Build a serialized TensorRT engine; TaoctlError when ``tensorrt`` does not import.
+
+    ``profile``: (min, opt, max) shape per input (:func:`tensorrt_profile`).
+    """
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -213,37 +490,43 @@ def build_tensorrt_engine(onnx_path, engine_path, data_type: str = "fp32", max_b
         config.set_flag(trt.BuilderFlag.FP16)
     elif data_type == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # the QDQ nodes carry the scales
-    profile = builder.create_optimization_profile()
-    tensor = network.get_input(0)
-    shape = tuple(input_shape or tuple(tensor.shape)[1:])
-    profile.set_shape(tensor.name, (1, *shape), (max(1, max_batch_size // 2), *shape), (max_batch_size, *shape))
-    config.add_optimization_profile(profile)
+    optimization = builder.create_optimization_profile()
+    for name, (low, best, high) in profile.items():
+        optimization.set_shape(name, low, best, high)
+    config.add_optimization_profile(optimization)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TaoctlError(f"TensorRT failed to build an engine from {onnx_path}")
     write_atomic(engine_path, bytes(serialized))
 
 
-def deepstream_config(path, onnx_file: str, labels_file: str, normalizer: dict, input_shape: tuple[int, int, int],
-                      num_classes: int, data_type: str, cal_cache: str | None = None,
-                      engine_file: str | None = None, max_batch_size: int = 1) -> None:
-    """DeepStream nvinfer config for a classifier, with labels.txt written by the caller.
+# --------------------------------------------------------------------------- DeepStream
+def _format(value) -> str:
+    return f"{value:.8g}" if isinstance(value, float) else str(int(value) if isinstance(value, IntEnum) else value)
+
+
+def deepstream_config(path, network: DeepStreamFields, *, onnx_file: str, labels_file: str, input_shape: Shape,
+                      output_names: Iterable[str], data_type: str, max_batch_size: int = 1,
+                      cal_cache: str | None = None, engine_file: str | None = None) -> None:
+    """DeepStream nvinfer config (``[property]`` and any ``[class-attrs-*]`` groups).
 
     DeepStream computes ``net-scale-factor * (pixel - offset)``, one scale for all channels:
     per-channel std (torch mode) is approximated by its mean.
     """
-    scale = 1.0 / float(np.mean(normalizer["std"]))
-    network_mode = {"fp32": 0, "int8": 1, "fp16": 2}[data_type]
-    lines = ["[property]", "gpu-id=0", f"net-scale-factor={scale:.8g}",
-             "offsets=" + ";".join(f"{m:.4f}" for m in normalizer["mean"]),
-             f"onnx-file={onnx_file}", f"labelfile-path={labels_file}",
-             f"infer-dims={';'.join(str(d) for d in input_shape)}",
-             f"batch-size={max_batch_size}", f"network-mode={network_mode}", "network-type=1",
-             f"num-detected-classes={num_classes}", "process-mode=2", "classifier-threshold=0.2",
-             f"model-color-format={1 if normalizer['bgr'] else (2 if input_shape[0] == 1 else 0)}",
-             "output-blob-names=predictions", "uff-input-order=0"]
-    if engine_file:
-        lines.append(f"model-engine-file={engine_file}")
-    if cal_cache and data_type == "int8":
-        lines.append(f"int8-calib-file={cal_cache}")
+    normalizer = network.normalizer
+    color = 1 if normalizer["bgr"] else (2 if input_shape[0] == 1 else 0)  # BGR, GRAY, else RGB
+    properties = {
+        "gpu-id": 0, "net-scale-factor": 1.0 / float(np.mean(normalizer["std"])),
+        "offsets": ";".join(f"{m:.4f}" for m in normalizer["mean"]),
+        "onnx-file": onnx_file, "labelfile-path": labels_file, "infer-dims": ";".join(map(str, input_shape)),
+        "batch-size": max_batch_size, "network-mode": {"fp32": 0, "int8": 1, "fp16": 2}[data_type],
+        "network-type": network.network_type, "num-detected-classes": len(network.labels),
+        "process-mode": network.process_mode, "model-color-format": color,
+        "output-blob-names": ";".join(output_names), "cluster-mode": network.cluster_mode,
+        "classifier-threshold": network.classifier_threshold, "model-engine-file": engine_file,
+        "int8-calib-file": cal_cache if data_type == "int8" else None,
+    }
+    lines = ["[property]"] + [f"{key}={_format(value)}" for key, value in properties.items() if value is not None]
+    for key, attributes in network.class_attributes.items():
+        lines += ["", f"[class-attrs-{key}]", *attributes.lines()]
     write_atomic(path, "\n".join(lines) + "\n")

@@ -13,9 +13,14 @@ Accepted sources:
 Tensors are matched by name first. When names do not line up (lukemelas' ``_blocks.3._bn1``,
 timm's ``blocks.1.0.conv_pw``) but the checkpoint holds the same layers in the same order,
 they are matched by position, each pair checked for equal shape. A 3-channel first conv
-loaded onto a 1-channel model is summed over its input channels. The classification head
-is kept only when its shape fits (same class count); otherwise it keeps its fresh
-initialisation. Everything else that does not fit is reported, never a crash.
+loaded onto a 1-channel model is summed over its input channels.
+
+The model's named heads (``head_names``: a classifier's last layer, a detector's
+``output_cov``/``output_bbox``) are task-specific: one is loaded only when every tensor of it
+is in the file, under its own name, with its shape (same classes); otherwise it keeps the
+model's own initialisation and the report names it. Position matching never reaches a head,
+except a classifier's single head when the file ends with exactly its tensors (lukemelas'
+``_fc`` onto ``classifier.1``). Everything else that does not fit is reported, never a crash.
 Counts leave out BatchNorm's ``num_batches_tracked`` step counters.
 """
 
@@ -52,7 +57,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)  # theirs, unused
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # ours, theirs, shapes
     adapted: list[str] = field(default_factory=list)
-    head_reinitialised: bool = False
+    heads_reinitialised: list[str] = field(default_factory=list)  # named heads left as initialised
     by_position: bool = False
     head_keys: tuple[str, ...] = ()
 
@@ -72,8 +77,10 @@ class LoadReport:
             notes.append("matched by position")
         if self.adapted:
             notes.append(f"summed RGB weights of {', '.join(self.adapted)} for 1-channel input")
-        if self.head_reinitialised:
-            notes.append("classification head re-initialised for the new classes")
+        if self.heads_reinitialised:
+            heads = ", ".join(self.heads_reinitialised)
+            notes.append(f"head{'s' if len(self.heads_reinitialised) > 1 else ''} {heads} re-initialised "
+                         "(not in the file, or shaped for other classes)")
         return ", ".join(parts) + (f" ({'; '.join(notes)})" if notes else "")
 
 
@@ -210,7 +217,7 @@ def resolve_source(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- matching
-def _match_by_position(ours: dict, theirs: dict, head_keys: set) -> dict[str, str] | None:
+def _match_by_position(ours: dict, theirs: dict, head_keys: set, single_head: bool) -> dict[str, str] | None:
     """Pair backbone tensors in order when every pair has the same shape; None if they do not."""
     body = [k for k in ours if k not in head_keys and not k.endswith(_COUNTER)]
     source = [k for k in theirs if not k.endswith(_COUNTER)]
@@ -219,26 +226,27 @@ def _match_by_position(ours: dict, theirs: dict, head_keys: set) -> dict[str, st
     pairs = dict(zip(body, source))
     if any(tuple(ours[a].shape) != tuple(theirs[b].shape) for a, b in pairs.items()):
         return None
-    # What follows the backbone in their file is their head, in the same order as ours.
+    # A classifier file ends with its classifier, in the same order as ours; several heads
+    # (a detector's) cannot be told apart by position.
     rest = source[len(body):]
     head = [k for k in ours if k in head_keys]
-    if len(rest) == len(head):
+    if single_head and len(rest) == len(head):
         pairs.update(zip(head, rest))
     return pairs
 
 
-def _head_keys(model: nn.Module) -> set[str]:
-    name = getattr(model, "head_name", "")
-    return {k for k in model.state_dict() if name and k.startswith(name + ".")}
+def _head_keys(model: nn.Module, head: str) -> list[str]:
+    return [k for k in model.state_dict() if k.startswith(head + ".") and not k.endswith(_COUNTER)]
 
 
 def _apply_file_shapes(model: nn.Module, manifest: dict) -> None:
-    """A pruned taoctl file carries its layer widths; rebuild those layers (not the head's outputs)."""
+    """A pruned taoctl file carries its layer widths; rebuild those layers (not the heads' outputs)."""
     from taoctl.engine.modelfile import apply_layer_shapes, layer_shapes
 
     shapes = dict(manifest.get("layers") or {})
-    head = getattr(model, "head_name", "")
-    if head in shapes:
+    for head in getattr(model, "head_names", ()):
+        if head not in shapes:
+            continue
         entry = dict(shapes[head])
         current = layer_shapes(model.get_submodule(head)).get("", {})
         for out_key in ("out_features", "out_channels"):
@@ -257,7 +265,8 @@ def load_pretrained(model: nn.Module, source, key: str | None = None, log=print)
     if manifest is not None:
         _apply_file_shapes(model, manifest)
     ours = model.state_dict()
-    head_keys = _head_keys(model)
+    heads = {head: _head_keys(model, head) for head in getattr(model, "head_names", ())}
+    head_keys = {k for keys in heads.values() for k in keys}
     report = LoadReport(source=source, head_keys=tuple(sorted(head_keys)))
 
     named = {k: k for k in ours if k in theirs}
@@ -265,7 +274,7 @@ def load_pretrained(model: nn.Module, source, key: str | None = None, log=print)
     body_size = sum(1 for k in ours if k not in head_keys and not k.endswith(_COUNTER))
     pairs = named
     if len(matched_body) < body_size:
-        positional = _match_by_position(ours, theirs, head_keys)
+        positional = _match_by_position(ours, theirs, head_keys, single_head=len(heads) == 1)
         if positional is not None and len(positional) > len(named):
             pairs, report.by_position = positional, True
 
@@ -285,10 +294,14 @@ def load_pretrained(model: nn.Module, source, key: str | None = None, log=print)
             new_state[mine] = value.sum(1, keepdim=True).to(target.dtype)
             report.loaded.append(mine)
             report.adapted.append(mine)
-        elif mine in head_keys:
-            report.head_reinitialised = True
-        else:
+        elif mine not in head_keys:
             report.mismatched.append((mine, tuple(target.shape), tuple(value.shape)))
+    for head, keys in heads.items():  # a head loads whole or not at all
+        if not all(k in new_state for k in keys):
+            report.heads_reinitialised.append(head)
+            for k in keys:
+                new_state.pop(k, None)
+            report.loaded = [k for k in report.loaded if k not in keys]
     used = set(pairs.values())
     report.missing = [k for k in ours if k not in pairs and not k.endswith(_COUNTER)]
     report.unexpected = [k for k in theirs if k not in used and not k.endswith(_COUNTER)]
@@ -297,8 +310,6 @@ def load_pretrained(model: nn.Module, source, key: str | None = None, log=print)
                           f" ({len(theirs)} tensors, e.g. {list(theirs)[:2]}); is it a "
                           "checkpoint of this architecture?")
     model.load_state_dict(new_state, strict=False)
-    if report.head_reinitialised:
-        model.get_submodule(model.head_name).reset_parameters()
     if log is not None:
         log(report.summary())
     return report

@@ -9,7 +9,9 @@ is rounded up to a multiple of ``-pg`` (granularity) and never falls below ``-nf
 
 torch-pruning's DependencyGraph finds those couplings (a group = every layer whose channels
 must change together, including BatchNorm, depthwise convs and the next layers' inputs), so
-this module only scores channels and picks the ones to keep.
+this module only scores channels and picks the ones to keep. A model's named heads
+(``head_names``: a classifier's last layer, a detector's ``output_cov`` and ``output_bbox``)
+produce its outputs, so their output channels are never pruned; their inputs are.
 
 Two taoctl extensions address what the kernel norm misses in BatchNorm networks, where the
 following BatchNorm rescales every channel to unit variance whatever its kernel's norm:
@@ -100,7 +102,7 @@ def prune_model(model: nn.Module, input_shape: tuple[int, int, int], threshold: 
                 normalizer: str = "max", equalization: str = "union", granularity: int = 8,
                 min_filters: int = 16, excluded: list[str] | None = None,
                 output_layers: list[str] | None = None, criterion: str = "L2") -> PruneReport:
-    """Prune ``model`` in place; ``output_layers`` (e.g. the classifier) keep their outputs."""
+    """Prune ``model`` in place; ``output_layers`` keep their outputs (default: the model's ``head_names``)."""
     if criterion not in CRITERIA:
         raise TaoctlError(f"--criterion: unknown criterion {criterion}; use {', '.join(CRITERIA)}")
     if normalizer not in NORMALIZERS:
@@ -111,19 +113,25 @@ def prune_model(model: nn.Module, input_shape: tuple[int, int, int], threshold: 
     if granularity < 1 or min_filters < 1:
         raise TaoctlError("-pg/--pruning_granularity and -nf/--min_num_filters must be at least 1")
     excluded = list(excluded or [])
+    output_layers = list(getattr(model, "head_names", ()) if output_layers is None else output_layers)
     names = dict(model.named_modules())
     unknown = [p for p in excluded if not any(_matches(n, [p]) for n in names)]
     if unknown:
         raise TaoctlError(f"-el/--excluded_layers: no layer named {', '.join(unknown)} in the model "
                           f"(layer names look like {', '.join(list(n for n in names if n)[:4])} ...)")
+    if any(name not in names for name in output_layers):
+        raise TaoctlError(f"the model has no output layer {', '.join(n for n in output_layers if n not in names)}")
     model.eval()
     macs_before, params_before = count_macs_params(model, input_shape)
-    protected = excluded + list(output_layers or [])
+    protected = excluded + output_layers
     ignored = [m for n, m in names.items() if n and _matches(n, protected) and isinstance(m, (nn.Conv2d, nn.Linear))]
     module_name = {m: n for n, m in names.items()}
+    # Protected layers are traced like any other (a layer torch-pruning is told to ignore while
+    # tracing hides its inputs, so the channels feeding a head could never be pruned); only the
+    # groups that would prune their outputs are skipped.
     with torch.enable_grad():  # the dependency graph is traced through autograd
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape),
-                                                      ignored_layers=ignored, verbose=False)
+                                                      verbose=False)
     plans = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
         root = group[0].dep.target.module

@@ -1,8 +1,9 @@
 """A small training loop whose checkpointing, logging, evaluation and status are hooks.
 
 Tasks give the loop a model, an optimizer, a loader and ``loss_fn(model, batch) -> (loss,
-{metric: float})``; the loop does the epochs, AMP, DDP wrapping, per-iteration scheduler steps
-and resuming. Everything written to the results dir goes through hooks:
+{metric: float})``; the loop does the epochs, AMP, DDP wrapping, per-iteration scheduler steps,
+gradient clipping, an EMA of the weights and resuming. Everything written to the results dir
+goes through hooks, by default (in this order):
 
 * ``CheckpointHook``: ``weights/<model_name>_<epoch:03d>.tlt`` (TAO's naming) every
   ``checkpoint_interval`` epochs and at the end, plus the optimizer/scheduler/RNG state beside
@@ -11,17 +12,19 @@ and resuming. Everything written to the results dir goes through hooks:
 * ``MetricsCSVHook``: ``metrics.csv``, one row per epoch;
 * ``TensorBoardHook``: scalars under ``tensorboard/``;
 * ``ProgressHook``: a bar with ETA on a terminal, plain periodic lines in logs.
-Only the main process (rank 0) runs hooks that write.
+A task adds ``EvalHook(evaluate, period, first_epoch, best_metric)`` for validation (it runs
+before the hooks above, so its ``val_*`` values reach them) and may replace any default hook by
+giving one with the same ``name``. Only the main process (rank 0) runs hooks that write.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import re
@@ -34,6 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from taoctl.engine import distributed, modelfile
 from taoctl.engine.device import amp_enabled, to_device
@@ -86,11 +90,27 @@ def _format_seconds(seconds: float) -> str:
 
 # --------------------------------------------------------------------------- hooks
 class Hook:
-    """Override what you need; the trainer calls these on the main process only when ``main_only``."""
+    """One part of the training run; override the points you need.
 
+    Points, in the order the trainer calls them: ``before_train``; per epoch ``before_epoch``,
+    per step ``before_step`` and ``after_step``, then ``after_epoch``; ``after_train``.
+    ``main_only`` hooks run on the main process (rank 0) only. A hook whose ``name`` is a
+    default hook's name (``Trainer.default_hooks``) takes that hook's place; subclasses of a
+    default hook inherit its name, so ``hooks=[MyStatusHook(...)]`` replaces ``StatusHook``.
+    Hooks with ``fills_logs`` (evaluation) run before all others at each point, so the values
+    they add to an epoch's logs reach the hooks that write them (status.json, metrics.csv,
+    TensorBoard, progress line, checkpoint manifest).
+    """
+
+    name: str | None = None
     main_only = True
+    fills_logs = False
 
     def before_train(self, trainer: "Trainer") -> None: ...
+
+    def before_epoch(self, trainer: "Trainer", epoch: int) -> None: ...
+
+    def before_step(self, trainer: "Trainer", step: int, steps: int) -> None: ...
 
     def after_step(self, trainer: "Trainer", step: int, steps: int, logs: dict) -> None: ...
 
@@ -99,7 +119,78 @@ class Hook:
     def after_train(self, trainer: "Trainer", status: str, message: str) -> None: ...
 
 
+class EvalHook(Hook):
+    """Validation every ``period`` epochs from ``first_epoch`` on, and at the last epoch.
+
+    TAO's ``validation_period_during_training`` / ``first_validation_epoch``: validation runs at
+    epochs ``first_epoch + i * period`` and at ``max_epochs``. ``evaluate(model) -> {metric:
+    value}`` runs on the main process, under ``no_grad`` and in eval mode, on the weights the
+    checkpoints hold (the EMA when the trainer keeps one); its values enter the epoch's logs as
+    ``val_<metric>``; epochs without validation have no ``val_*`` values. With ``best_metric``
+    (``"mAP"`` or ``"val_mAP"``) the model of the best epoch so far (``mode`` ``"max"`` or
+    ``"min"``; the earliest on ties) is kept as ``weights/<model_name>_best.tlt`` and described
+    by ``trainer.best``, which status.json records; a resumed run finds the best so far in the
+    restored history.
+    """
+
+    name = "evaluation"
+    fills_logs = True
+
+    def __init__(self, evaluate: Callable[[nn.Module], dict], period: int = 1, first_epoch: int = 1,
+                 best_metric: str | None = None, mode: str = "max"):
+        if int(period) < 1 or int(first_epoch) < 1:
+            raise TaoctlError(f"validation period and first validation epoch must be at least 1, "
+                              f"got {period} and {first_epoch}")
+        if mode not in ("max", "min"):
+            raise TaoctlError(f"the best checkpoint's mode must be 'max' or 'min', got {mode!r}")
+        self.evaluate = evaluate
+        self.period, self.first_epoch = int(period), int(first_epoch)
+        self.best_metric = _val_name(best_metric) if best_metric else None
+        self.mode = mode
+
+    def is_validation_epoch(self, epoch: int, max_epochs: int) -> bool:
+        scheduled = epoch >= self.first_epoch and (epoch - self.first_epoch) % self.period == 0
+        return scheduled or epoch == max_epochs
+
+    def _improves(self, value: float, best: dict | None) -> bool:
+        if not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value > best["value"] if self.mode == "max" else value < best["value"]
+
+    def before_train(self, trainer):
+        if self.best_metric is None:
+            return
+        trainer.best = None
+        for row in trainer.history:
+            if self.best_metric in row and self._improves(row[self.best_metric], trainer.best):
+                trainer.best = {"metric": self.best_metric, "epoch": row["epoch"], "value": row[self.best_metric]}
+
+    def after_epoch(self, trainer, epoch, logs):
+        if not self.is_validation_epoch(epoch, trainer.max_epochs):
+            return
+        model = trainer.eval_model
+        model.eval()
+        with torch.no_grad():
+            results = self.evaluate(model)
+        logs.update({_val_name(k): float(v) for k, v in results.items()})
+        if self.best_metric is None:
+            return
+        if self.best_metric not in logs:
+            raise TaoctlError(f"evaluation gave no {self.best_metric} to choose the best checkpoint by "
+                              f"(it gave {', '.join(_val_name(k) for k in results) or 'nothing'})")
+        if self._improves(logs[self.best_metric], trainer.best):
+            trainer.best = {"metric": self.best_metric, "epoch": epoch, "value": logs[self.best_metric]}
+            trainer.save_weights(trainer.best_weights_path, epoch, best=trainer.best)
+
+
+def _val_name(metric: str) -> str:
+    return metric if metric.startswith("val") else f"val_{metric}"
+
+
 class CheckpointHook(Hook):
+    name = "checkpoint"
     keep_states = 2
 
     def after_epoch(self, trainer, epoch, logs):
@@ -112,7 +203,13 @@ class CheckpointHook(Hook):
 
 
 class StatusHook(Hook):
-    """``status.json``: one JSON object per line, the fields TAO's status logger writes."""
+    """``status.json``: one JSON object per line, the fields TAO's status logger writes.
+
+    With a best checkpoint (``EvalHook(best_metric=...)``) RUNNING and final lines also carry
+    ``best``: ``{"metric": "val_mAP", "epoch": 7, "value": 0.81}``.
+    """
+
+    name = "status"
 
     def __init__(self, path: Path):
         self.path = path
@@ -124,20 +221,28 @@ class StatusHook(Hook):
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def _best(self, trainer) -> dict:
+        return {"best": trainer.best} if trainer.best is not None else {}
+
     def before_train(self, trainer):
         self.write("STARTED", "Starting Training Loop.", epoch=trainer.start_epoch - 1, max_epoch=trainer.max_epochs)
 
     def after_epoch(self, trainer, epoch, logs):
-        metrics = {k: v for k, v in logs.items() if k not in ("loss", "time_per_epoch", "eta", "epoch")}
+        metrics = {k: v for k, v in logs.items() if k not in ("loss", "time_per_epoch", "epoch")}
         self.write("RUNNING", "Training loop in progress", epoch=epoch, max_epoch=trainer.max_epochs,
-                   time_per_epoch=_format_seconds(logs["time_per_epoch"]), eta=_format_seconds(logs["eta"]),
-                   loss=logs["loss"], metrics=metrics, graphical={"loss": logs["loss"], **metrics})
+                   time_per_epoch=_format_seconds(logs["time_per_epoch"]), eta=_format_seconds(trainer.eta_s),
+                   loss=logs["loss"], metrics=metrics, graphical={"loss": logs["loss"], **metrics},
+                   **self._best(trainer))
 
     def after_train(self, trainer, status, message):
-        self.write(status, message, epoch=trainer.last_epoch, max_epoch=trainer.max_epochs)
+        self.write(status, message, epoch=trainer.last_epoch, max_epoch=trainer.max_epochs, **self._best(trainer))
 
 
 class MetricsCSVHook(Hook):
+    """``metrics.csv``: one row per epoch; a value an epoch did not compute is an empty cell."""
+
+    name = "metrics_csv"
+
     def __init__(self, path: Path):
         self.path = path
 
@@ -152,6 +257,8 @@ class MetricsCSVHook(Hook):
 
 
 class TensorBoardHook(Hook):
+    name = "tensorboard"
+
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
         self.writer = None
@@ -163,7 +270,7 @@ class TensorBoardHook(Hook):
 
     def after_epoch(self, trainer, epoch, logs):
         for name, value in logs.items():
-            if isinstance(value, (int, float)) and name not in ("epoch", "eta"):
+            if isinstance(value, (int, float)) and name != "epoch":
                 self.writer.add_scalar(name, value, epoch)
         self.writer.flush()
 
@@ -174,6 +281,8 @@ class TensorBoardHook(Hook):
 
 class ProgressHook(Hook):
     """A tqdm bar with ETA on a terminal; otherwise a plain line every ``interval_s`` seconds."""
+
+    name = "progress"
 
     def __init__(self, interval_s: float = 30.0, stream=None):
         self.interval_s = interval_s
@@ -210,51 +319,31 @@ class ProgressHook(Hook):
 
     def after_epoch(self, trainer, epoch, logs):
         shown = " ".join(f"{k} {v:.4f}" for k, v in logs.items()
-                         if isinstance(v, float) and k not in ("time_per_epoch", "eta", "lr"))
+                         if isinstance(v, float) and k not in ("time_per_epoch", "lr"))
         print(f"Epoch {epoch}/{trainer.max_epochs}: {shown} lr {logs.get('lr', 0):.3g} "
-              f"time {_format_seconds(logs['time_per_epoch'])} eta {_format_seconds(logs['eta'])}", flush=True)
-
-
-@contextlib.contextmanager
-def tee_output(log_file: str | os.PathLike | None):
-    """Copy stdout and stderr into ``log_file`` (``--log_file``) while the block runs."""
-    if not log_file:
-        yield
-        return
-
-    class Tee(io.TextIOBase):
-        def __init__(self, stream, handle):
-            self.stream, self.handle = stream, handle
-
-        def write(self, text):
-            self.handle.write(text)
-            return self.stream.write(text)
-
-        def flush(self):
-            self.handle.flush()
-            self.stream.flush()
-
-        def isatty(self):
-            return self.stream.isatty()
-
-    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "a") as handle:
-        saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = Tee(sys.stdout, handle), Tee(sys.stderr, handle)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = saved
+              f"time {_format_seconds(logs['time_per_epoch'])} eta {_format_seconds(trainer.eta_s)}", flush=True)
 
 
 # --------------------------------------------------------------------------- trainer
 class Trainer:
+    """The loop. ``clip_grad_norm`` clips the gradients' total norm before each optimizer step
+    (unscaled first under AMP); ``ema_decay`` keeps an exponential moving average of the weights
+    (``torch.optim.swa_utils.AveragedModel``, parameters and buffers, updated after every step)
+    that evaluation, the saved ``.tlt`` files and ``train()``'s result use, while training goes on
+    with the raw weights; ``train_state/`` keeps both so a resumed run continues each.
+    ``hooks`` are added to ``default_hooks`` or, by name, replace them (see ``Hook``).
+    """
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, loss_fn: Callable,
                  results_dir, max_epochs: int, model_name: str, manifest: dict, key: str | None = None,
-                 scheduler=None, evaluate: Callable[[nn.Module], dict] | None = None, checkpoint_interval: int = 1,
-                 device: torch.device | None = None, amp: bool = False, seed: int = 0,
-                 log_file: str | None = None, init_epoch: int = 1, hooks=(), resume: bool = True,
-                 progress_interval_s: float = 30.0):
+                 scheduler=None, checkpoint_interval: int = 1, device: torch.device | None = None,
+                 amp: bool = False, seed: int = 0, init_epoch: int = 1, hooks=(),
+                 resume: bool = True, progress_interval_s: float = 30.0, clip_grad_norm: float | None = None,
+                 ema_decay: float | None = None):
+        if clip_grad_norm is not None and not clip_grad_norm > 0:
+            raise TaoctlError(f"the gradient clipping norm must be positive, got {clip_grad_norm}")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise TaoctlError(f"the EMA decay must be between 0 and 1, got {ema_decay}")
         self.model = model
         self.optimizer = optimizer
         self.train_loader = train_loader
@@ -265,23 +354,29 @@ class Trainer:
         self.manifest = manifest
         self.key = key
         self.scheduler = scheduler
-        self.evaluate = evaluate
         self.checkpoint_interval = max(int(checkpoint_interval or 1), 1)
         self.device = device or torch.device("cpu")
         self.amp = amp_enabled(self.device, amp)
         self.seed = seed
-        self.log_file = log_file
         self.start_epoch = max(int(init_epoch or 1), 1)
         self.resume = resume
+        self.clip_grad_norm = clip_grad_norm
+        self.ema_decay = ema_decay
+        self.ema: AveragedModel | None = None  # built by train() once the model sits on its device
         self.dist = distributed.current()
+        # One dict per finished epoch; the last one is the running epoch's logs while its hooks run.
         self.history: list[dict] = []
+        self.best: dict | None = None  # set by EvalHook(best_metric=...) on the main process
         self.epoch = self.last_epoch = self.start_epoch - 1
+        self.eta_s = 0.0
         self.global_step = 0
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        default_hooks = [CheckpointHook(), StatusHook(self.results_dir / "status.json"),
-                         MetricsCSVHook(self.results_dir / "metrics.csv"),
-                         TensorBoardHook(self.results_dir / "tensorboard"), ProgressHook(progress_interval_s)]
-        self.hooks = default_hooks + list(hooks)
+        self.hooks = _arrange_hooks(self.default_hooks(progress_interval_s), list(hooks))
+
+    def default_hooks(self, progress_interval_s: float) -> list[Hook]:
+        return [CheckpointHook(), StatusHook(self.results_dir / "status.json"),
+                MetricsCSVHook(self.results_dir / "metrics.csv"), TensorBoardHook(self.results_dir / "tensorboard"),
+                ProgressHook(progress_interval_s)]
 
     # ------------------------------------------------------------------ paths
     @property
@@ -295,23 +390,43 @@ class Trainer:
     def weights_path(self, epoch: int) -> Path:
         return self.weights_dir / f"{self.model_name}_{epoch:03d}.tlt"
 
+    @property
+    def best_weights_path(self) -> Path:
+        return self.weights_dir / f"{self.model_name}_best.tlt"
+
     def state_path(self, epoch: int) -> Path:
         return self.state_dir / f"{self.model_name}_{epoch:03d}.state"
 
     @property
     def bare_model(self) -> nn.Module:
+        """The model being trained, without its DDP wrapper."""
         return self.model.module if hasattr(self.model, "module") else self.model
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and saved: the EMA when kept, else the trained model."""
+        return self.ema.module if self.ema is not None else self.bare_model
+
     # ------------------------------------------------------------------ checkpoints
+    def save_weights(self, path: Path, epoch: int, **manifest_fields) -> None:
+        manifest = {**self.manifest, "epoch": epoch, "metrics": self.history[-1] if self.history else {},
+                    **manifest_fields}
+        modelfile.save_model(path, self.eval_model, manifest, key=self.key)
+
     def save_checkpoint(self, epoch: int) -> None:
-        manifest = {**self.manifest, "epoch": epoch, "metrics": self.history[-1] if self.history else {}}
-        modelfile.save_model(self.weights_path(epoch), self.bare_model, manifest, key=self.key)
+        """The train state, then the weights: a run killed between the two resumes from the previous
+        epoch, and an epoch's weights file never exists without the state a rerun resumes from."""
         state = {"epoch": epoch, "global_step": self.global_step, "history": self.history,
                  "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                  "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
                  "numpy_rng": list(np.random.get_state()), "python_rng": random.getstate()}
+        if self.ema is not None:
+            # The .tlt holds the EMA; training resumes from the raw weights.
+            state["model"] = self.bare_model.state_dict()
+            state["ema"] = self.ema.state_dict()
         modelfile.save_state(self.state_path(epoch), state, key=self.key)
+        self.save_weights(self.weights_path(epoch), epoch)
 
     def newest_checkpoint(self) -> int | None:
         pattern = re.compile(rf"^{re.escape(self.model_name)}_(\d+)\.state$")
@@ -323,9 +438,15 @@ class Trainer:
         return max(epochs) if epochs else None
 
     def _restore(self, epoch: int) -> None:
-        weights = modelfile.load_model(self.weights_path(epoch), self.key)
-        modelfile.load_weights_into(self.bare_model, weights)
         state = modelfile.load_state(self.state_path(epoch), self.key)
+        if self.ema is not None:
+            if "ema" not in state:
+                raise TaoctlError(f"{self.state_path(epoch)} was saved without an EMA of the weights; "
+                                  f"resume with the spec it was trained with")
+            self.bare_model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+        else:
+            modelfile.load_weights_into(self.bare_model, modelfile.load_model(self.weights_path(epoch), self.key))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -354,9 +475,12 @@ class Trainer:
             generator.manual_seed(self.seed * 1000 + epoch)
 
     def train(self) -> nn.Module:
+        """Train (resuming from ``train_state/`` when it holds a checkpoint) and return ``eval_model``."""
         split = spans_devices(self.model)  # model parallel: its layers stay where they were placed
         if not split:
             self.model.to(self.device)
+        if self.ema_decay is not None:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
         if self.resume:
             newest = self.newest_checkpoint()
             if newest is not None:
@@ -367,18 +491,31 @@ class Trainer:
             # DDP wants no device_ids for a module on several devices (and for CPU).
             device_ids = [self.device.index] if self.device.type == "cuda" and not split else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-        with tee_output(self.log_file if self.dist.is_main else None):
-            self._call("before_train")
-            try:
-                self._loop()
-            except KeyboardInterrupt:
-                self._call("after_train", "FAILURE", "Training interrupted.")
-                raise
-            except BaseException as exc:
-                self._call("after_train", "FAILURE", f"Training failed: {exc}")
-                raise
-            self._call("after_train", "SUCCESS", "Training finished successfully.")
-        return self.bare_model
+        self._call("before_train")
+        try:
+            self._loop()
+        except KeyboardInterrupt:
+            self._call("after_train", "FAILURE", "Training interrupted.")
+            raise
+        except BaseException as exc:
+            self._call("after_train", "FAILURE", f"Training failed: {exc}")
+            raise
+        self._call("after_train", "SUCCESS", "Training finished successfully.")
+        return self.eval_model
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the loss-scaled ones
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.bare_model)
+        self.global_step += 1
 
     def _loop(self) -> None:
         steps = len(self.train_loader)
@@ -389,22 +526,18 @@ class Trainer:
             self.epoch = epoch
             self._set_epoch_shuffle(epoch)
             self.model.train()
+            self._call("before_epoch", epoch)
             started = time.monotonic()
             loss_sum, count, metric_sums = 0.0, 0, {}
             for step, batch in enumerate(self.train_loader, start=1):
+                self._call("before_step", step, steps)
                 batch = to_device(batch, self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                     loss, metrics = self.loss_fn(self.model, batch)
                 if not torch.isfinite(loss):
                     raise TaoctlError(f"loss became {loss.item()} at epoch {epoch} step {step}: "
                                       f"lower the learning rate or check the data")
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                self.global_step += 1
+                self._optimizer_step(loss)
                 loss_sum += loss.item()
                 count += 1
                 for name, value in (metrics or {}).items():
@@ -414,16 +547,24 @@ class Trainer:
             logs = {"epoch": epoch, "loss": distributed.all_reduce_mean(loss_sum / count, self.device),
                     "lr": self.optimizer.param_groups[0]["lr"]}
             logs.update({k: distributed.all_reduce_mean(v / count, self.device) for k, v in metric_sums.items()})
-            if self.evaluate is not None:
-                if self.dist.is_main:
-                    self.bare_model.eval()
-                    with torch.no_grad():
-                        logs.update({f"val_{k}" if not k.startswith("val") else k: float(v)
-                                     for k, v in self.evaluate(self.bare_model).items()})
-                distributed.barrier()
             logs["time_per_epoch"] = epoch_times[-1]
-            logs["eta"] = float(np.mean(epoch_times[-3:])) * (self.max_epochs - epoch)
-            self.history.append({k: v for k, v in logs.items() if k != "eta"})
+            self.eta_s = float(np.mean(epoch_times[-3:])) * (self.max_epochs - epoch)
+            # The same dict: what fills_logs hooks add (val_*) is in the history the writers read.
+            self.history.append(logs)
             self.last_epoch = epoch
             self._call("after_epoch", epoch, logs)
             distributed.barrier()
+
+
+def _arrange_hooks(defaults: list[Hook], given: list[Hook]) -> list[Hook]:
+    """Defaults with same-named given hooks in their place, then the other given hooks; hooks
+    that fill logs first (stable, so the order is otherwise the one given)."""
+    names = [hook.name for hook in given if hook.name is not None]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"several hooks named {', '.join(duplicates)}: give each hook a distinct name")
+    replacements = {hook.name: hook for hook in given if hook.name is not None}
+    default_names = {hook.name for hook in defaults}
+    arranged = [replacements.get(hook.name, hook) for hook in defaults]
+    arranged += [hook for hook in given if hook.name not in default_names]
+    return sorted(arranged, key=lambda hook: not hook.fills_logs)

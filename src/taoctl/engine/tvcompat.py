@@ -24,7 +24,6 @@ from typing import Callable
 import torch
 
 _LIBRARY = None  # the torch.library.Library holding our definitions; must stay alive
-FALLBACK_OPS = ("nms", "qnms")
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:

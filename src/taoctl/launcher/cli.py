@@ -25,9 +25,6 @@ from taoctl.launcher.runtime import local
 RUNTIMES = ("local", "docker")
 DEFAULT_RUNTIME = "local"
 
-# Launcher flags a user may put anywhere after the task: {flag: takes a value}.
-LAUNCHER_FLAGS = {"--runtime": True, **docker_runtime.FLAGS}
-
 
 class TaoctlGroup(click.Group):
     """A group whose unknown commands are tried as task names, with did-you-mean."""

@@ -2,15 +2,18 @@
 
 This is the command every runtime starts (a local child process, or the container's
 command in the docker runtime). It finds the subtask's module by name, and when more than
-one process is asked for (``--gpus N`` or ``--num_processes N``) it re-launches itself
-under torchrun, as TAO's entrypoint wrapper does with mpirun/torchrun.
+one process is asked for (``--gpus N`` or ``--num_processes N``) for a subtask the task
+declares distributed (train) it re-launches itself under torchrun, as TAO's entrypoint
+wrapper does with mpirun/torchrun; any other subtask runs as one process and says so.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+from collections.abc import Mapping
 
 from taoctl.errors import TaoctlError
 from taoctl.launcher.registry import get_task
@@ -19,6 +22,15 @@ from taoctl.launcher.registry import get_task
 DDP_CHILD_ENV = "TAOCTL_DDP_CHILD"
 # The command as the user typed it (`taoctl dataset augmentation`), for help and usage lines.
 PROG_ENV = "TAOCTL_PROG"
+# What every subtask process gets unless the user set the variable. OpenMP's default
+# spin-waiting made eager PyTorch 5-50x slower whenever other work shared the cores
+# (bench/bench_omp_wait.py); libgomp reads the policy once, when torch loads it.
+SUBTASK_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def subtask_env_defaults(environ: Mapping[str, str]) -> dict[str, str]:
+    """:data:`SUBTASK_ENV_DEFAULTS`, each replaced by the value ``environ`` already has."""
+    return {name: environ.get(name, value) for name, value in SUBTASK_ENV_DEFAULTS.items()}
 
 
 def _flag_value(args: list[str], names: tuple[str, ...], default: str | None = None) -> str | None:
@@ -31,14 +43,15 @@ def _flag_value(args: list[str], names: tuple[str, ...], default: str | None = N
     return default
 
 
-def world_size_requested(args: list[str]) -> int:
-    """Processes per node that the subtask's flags ask for (1 when none)."""
+def processes_requested(args: list[str]) -> tuple[str, int]:
+    """Processes per node that the subtask's flags ask for, with the flag that asked:
+    ``("-np", N)``, else ``("--gpus", N)`` (``("--gpus", 1)`` when neither asks)."""
     try:
         processes = int(_flag_value(args, ("-np", "--num_processes"), "-1"))
         gpus = int(_flag_value(args, ("--gpus",), "1"))
     except ValueError:
-        return 1  # the subtask's own parser reports the bad value
-    return processes if processes > 0 else max(gpus, 1)
+        return "--gpus", 1  # the subtask's own parser reports the bad value
+    return ("-np", processes) if processes > 0 else ("--gpus", max(gpus, 1))
 
 
 def torchrun_command(task: str, subtask: str, args: list[str], nproc: int) -> list[str]:
@@ -54,8 +67,27 @@ def torchrun_command(task: str, subtask: str, args: list[str], nproc: int) -> li
     return command + ["-m", "taoctl.launcher.entrypoint", task, subtask, *args]
 
 
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux's PR_SET_PDEATHSIG).
+
+    The subtask runs in its own session, so a SIGKILL of the launcher (or of its process group)
+    would otherwise leave it training, writing into a results dir that a re-run then also uses.
+    ``parent_pid``: the parent expected; if it is already gone, exit now.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before anything loads torch, for runtimes that start this module directly (a container).
+    os.environ.update(subtask_env_defaults(os.environ))
     from taoctl.engine.cli import run_command  # click only; keeps `--help` fast
 
     if len(argv) < 2:
@@ -69,15 +101,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"taoctl: {exc}", file=sys.stderr)
         return exc.exit_code
 
-    nproc = world_size_requested(args)
-    help_or_dry = {"-h", "--help", "--dry-run", "--dry_run"} & set(args)
-    if nproc > 1 and not os.environ.get(DDP_CHILD_ENV) and not help_or_dry:
-        import subprocess
+    flag, nproc = processes_requested(args)
+    if nproc > 1 and not os.environ.get(DDP_CHILD_ENV) and not {"-h", "--help"} & set(args):
+        if subtask not in task.distributed_subtasks:
+            several = ", ".join(task.distributed_subtasks) or "none"
+            print(f"taoctl: {subtask} runs as one process; {flag} {nproc} uses one device "
+                  f"(subtasks that run as several: {several})", file=sys.stderr, flush=True)
+        elif not {"--dry-run", "--dry_run"} & set(args):
+            import subprocess
 
-        command = torchrun_command(task.name, subtask, args, nproc)
-        print(f"Launching {nproc} processes: {' '.join(command[2:6])} ...", flush=True)
-        env = dict(os.environ, **{DDP_CHILD_ENV: "1"})
-        return subprocess.call(command, env=env)
+            command = torchrun_command(task.name, subtask, args, nproc)
+            print(f"Launching {nproc} processes: {' '.join(command[2:6])} ...", flush=True)
+            env = dict(os.environ, **{DDP_CHILD_ENV: "1"})
+            entrypoint = os.getpid()
+            return subprocess.call(command, env=env, preexec_fn=lambda: die_with_parent(entrypoint))
+    if os.environ.get(DDP_CHILD_ENV):
+        die_with_parent()  # a torchrun worker ends with its agent, which ends with this run's entrypoint
 
     module = importlib.import_module(task.module_for(subtask))
     prog = os.environ.get(PROG_ENV) or (f"taoctl {task.name}" if task.direct else f"taoctl {task.name} {subtask}")

@@ -14,8 +14,8 @@ import os
 import posixpath
 from pathlib import Path
 
-from taoctl.engine.cli import is_number
 from taoctl.errors import TaoctlError, did_you_mean
+from taoctl.text import is_number
 
 DEFAULT_FILE = "~/.tao_mounts.json"
 ENV_VAR = "LAUNCHER_MOUNTS"

@@ -39,6 +39,9 @@ class Task:
     cli_groups: tuple[str, ...] = (MODEL,)
     # Tasks such as `augment` take their flags directly: `taoctl augment -a SPEC ...`.
     direct: bool = False
+    # The subtasks that run as one process per GPU (-np/--gpus N) under torchrun; as in TAO,
+    # every other subtask runs as one process on one device whatever those flags say.
+    distributed_subtasks: tuple[str, ...] = ("train",)
 
     @property
     def scripts_dir(self) -> Path | None:

@@ -4,13 +4,17 @@
                  all_projections=True, freeze_blocks=[0, 1])
     list_models()            # ['alexnet', 'cspdarknet19', ..., 'resnet18', ..., 'vgg19']
 
+    create_features("resnet18", strides=(8, 16, 32), input_image_size="3,384,1248")
+
 ``arch`` takes TAO's spellings: a family with ``n_layers`` ("resnet" + 18), a full name
 ("resnet18", "efficientnet_b0"), or the "family:variant" form TAO's detection specs use
-("resnet:18", "efficientnet:b1"). Every model is a :class:`Backbone`: ``block_names`` lists
-the modules of each TAO block (index 0 the stem; what ``freeze_blocks`` counts) and
-``head_name`` the final layer. Option defaults build the original published network
-(batch norm, no conv bias, max-pool stem, the network's own activation), so torchvision/timm
-ImageNet weights load onto ``create_model(name)`` unchanged.
+("resnet:18", "efficientnet:b1"). Every model is a :class:`Backbone`: ``trunk_names`` lists
+the modules its features pass through in order, ``feature_info()`` the deepest of them at
+each stride, ``block_names`` the modules of each TAO block (index 0 the stem; what
+``freeze_blocks`` counts) and ``head_names`` its final layer. Option defaults build the original
+published network (batch norm, no conv bias, max-pool stem, the network's own activation), so
+torchvision/timm ImageNet weights load onto ``create_model(name)`` unchanged.
+``create_features`` builds a detector's :class:`FeatureBackbone` from the same networks.
 
 Which options change which networks: ``all_projections`` applies to ResNet (every shortcut
 a 1x1 conv + norm) and MobileNet v2 (every residual through a 1x1 conv), ``use_pooling`` to
@@ -28,10 +32,12 @@ from typing import Callable
 
 from taoctl.errors import TaoctlError, did_you_mean
 
-from ._base import ACTIVATION_TYPES, Backbone, BuildOptions, make_activation
+from ._base import ACTIVATION_TYPES, Backbone, BuildOptions, FeatureLevel, TrunkNetwork, make_activation
+from .features import FeatureBackbone
 
-__all__ = ["Backbone", "BuildOptions", "ACTIVATION_TYPES", "create_model", "list_models",
-           "parse_input_image_size", "resolve_arch", "make_activation"]
+__all__ = ["Backbone", "BuildOptions", "ACTIVATION_TYPES", "FeatureBackbone", "FeatureLevel", "TrunkNetwork",
+           "create_features", "create_model", "list_models", "parse_input_image_size", "resolve_arch",
+           "make_activation"]
 
 
 @dataclass(frozen=True)
@@ -193,10 +199,30 @@ def create_model(
     model.arch = name
     model.input_shape = shape
     model.num_classes = int(num_classes)
-    model.build_options = options
     model.freeze_blocks(list(freeze_blocks or ()))
     model.set_freeze_bn(freeze_bn)
     return model
+
+
+def create_features(
+    arch: str,
+    strides=(8, 16, 32),
+    n_layers: int | None = None,
+    *,
+    freeze_blocks=(),
+    freeze_bn: bool = False,
+    **options,
+) -> FeatureBackbone:
+    """The feature maps of ``arch`` at ``strides``, from a network cut after the deepest of them.
+
+    ``options`` are create_model's model_config keywords (input_image_size, all_projections,
+    activation ...); those that only shape a classifier head (retain_head, dropout) have no
+    effect. freeze_blocks counts the classifier's blocks; blocks past the cut are refused.
+    """
+    features = FeatureBackbone(create_model(arch, 1, n_layers, **options), strides)
+    features.freeze_blocks(list(freeze_blocks or ()))
+    features.set_freeze_bn(freeze_bn)
+    return features
 
 
 def _register_all() -> None:

@@ -1,4 +1,4 @@
-"""Pieces every backbone shares: TAO's model options, activations, and the Backbone base class.
+"""Pieces every backbone shares: TAO's model options, activations, the trunk and the Backbone class.
 
 TAO's ``model_config`` options (use_batch_norm, use_bias, activation, batch_norm_config ...)
 apply to every network, so the layer factories that honour them live here and each
@@ -113,43 +113,76 @@ class BuildOptions:
         return nn.Dropout(rate) if rate > 0 else nn.Identity()
 
 
-class Backbone(nn.Module):
-    """A classification network with TAO's freezing rules and named layer groups.
+FEATURE_PROBE_SIZE = 128  # px of the image feature_info runs: every network keeps a 4x4 map at stride 32
 
-    Subclasses set ``head_name`` (dotted name of the last layer, the one re-initialised
-    for a new class count and left alone by pruning), ``block_names`` (for each TAO block
-    index, the dotted names of the modules it contains; index 0 is the stem, empty where TAO
-    numbers from 1) and ``num_features`` (channels of the last feature map).
-    ``forward_features`` runs everything up to the classifier, ``forward`` the whole network.
-    ``create_model`` also records ``input_shape`` (C, H, W), ``num_classes`` and
-    ``build_options`` on the instance.
+
+@dataclass(frozen=True)
+class FeatureLevel:
+    """One resolution of a network's trunk: the deepest module whose output has ``stride``."""
+
+    module: str  # dotted name of that module
+    channels: int
+    stride: int
+
+
+class TrunkNetwork(nn.Module):
+    """A network whose features come from applying ``trunk_names`` in order, with TAO's freezing.
+
+    ``trunk_names`` lists the dotted names of the modules ``forward_features`` runs one after
+    another (stem to last feature map); since each one's output is a whole feature map, any
+    prefix of it is a network of its own (:class:`FeatureBackbone` cuts there).
+    ``block_names`` gives, for each TAO block index, the dotted names of the modules it contains
+    (index 0 the stem, empty where TAO numbers from 1): what ``freeze_blocks`` counts.
+    ``input_shape`` (C, H, W) is set on the instance by create_model / create_features.
     """
 
     arch: str = ""
-    head_name: str = ""
+    trunk_names: list[str]
     block_names: list[list[str]]
 
     def __init__(self):
         super().__init__()
+        self.trunk_names = []
         self.block_names = []
         self.frozen_blocks: tuple[int, ...] = ()
         self.freeze_bn = False
+
+    def describe(self) -> str:
+        """The network as error messages name it."""
+        return self.arch
 
     # -- structure ---------------------------------------------------------------------------
     def blocks(self) -> list[list[nn.Module]]:
         return [[self.get_submodule(n) for n in names] for names in self.block_names]
 
-    def head(self) -> nn.Module:
-        return self.get_submodule(self.head_name)
-
     def forward_features(self, x):
-        raise NotImplementedError
+        # Looked up by name on every call: loading a pruned model file replaces layers in place.
+        for name in self.trunk_names:
+            x = self.get_submodule(name)(x)
+        return x
 
-    def forward_head(self, x):
-        raise NotImplementedError
+    def feature_info(self) -> list[FeatureLevel]:
+        """For each stride the trunk reaches, the deepest trunk module at it, shallowest first.
 
-    def forward(self, x):
-        return self.forward_head(self.forward_features(x))
+        Measured by running the trunk on a zero image of FEATURE_PROBE_SIZE pixels in eval mode
+        (BatchNorm statistics stay put), so channel counts stay right after pruning. Strides are
+        the nearest power of two: an unpadded 7x7 stride-2 stem maps 128 pixels to 61.
+        """
+        parameter = next(self.parameters())
+        size = FEATURE_PROBE_SIZE
+        x = torch.zeros(1, self.input_shape[0], size, size, dtype=parameter.dtype, device=parameter.device)
+        levels: dict[int, FeatureLevel] = {}
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                for name in self.trunk_names:
+                    x = self.get_submodule(name)(x)
+                    stride = 2 ** round(math.log2(size / x.shape[-1]))
+                    levels[stride] = FeatureLevel(name, int(x.shape[1]), stride)
+        finally:
+            self.train(was_training)
+        return list(levels.values())
 
     # -- freezing ----------------------------------------------------------------------------
     def freeze_blocks(self, indices) -> None:
@@ -158,7 +191,7 @@ class Backbone(nn.Module):
         for i in indices:
             if not 0 <= int(i) < count:
                 raise TaoctlError(
-                    f"freeze_blocks {i} is not a block of {self.arch} (blocks 0-{count - 1})"
+                    f"freeze_blocks {i} is not a block of {self.describe()} (blocks 0-{count - 1})"
                 )
         self.frozen_blocks = tuple(sorted({int(i) for i in indices}))
         for i in self.frozen_blocks:
@@ -186,6 +219,29 @@ class Backbone(nn.Module):
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.eval()
         return self
+
+
+class Backbone(TrunkNetwork):
+    """A classification network: the trunk, then a head that maps its last feature map to classes.
+
+    ``head_names`` holds the dotted name of the last layer (a classifier has one named head),
+    which pretrained loading re-initialises for a new class count and pruning leaves at its
+    width; ``num_features`` is the channel count of the last feature map, and create_model
+    records ``num_classes``.
+    ``forward`` runs ``forward_features`` then ``forward_head``.
+    """
+
+    head_names: tuple[str, ...] = ()
+
+    def head(self) -> nn.Module:
+        """The classification layer (the classifier's one named head)."""
+        return self.get_submodule(self.head_names[0])
+
+    def forward_head(self, x):
+        raise NotImplementedError
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:

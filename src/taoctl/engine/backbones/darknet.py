@@ -148,15 +148,10 @@ class DarkNet(Backbone):
             self.classifier = nn.Sequential(o.drop(0.0), nn.Conv2d(cin, num_classes, 1))
         else:
             self.classifier = nn.Sequential(o.drop(0.0), nn.Linear(cin, num_classes))
-        self.head_name = "classifier.1"
-        self.block_names = [["stem"]] + [[f"stage{i + 1}"] for i in range(len(stages))]
+        self.head_names = ("classifier.1",)
+        self.trunk_names = ["stem"] + [f"stage{i + 1}" for i in range(len(stages))]
+        self.block_names = [[name] for name in self.trunk_names]
         init_weights(self)
-
-    def forward_features(self, x):
-        x = self.stem(x)
-        for i in range(1, 6):
-            x = getattr(self, f"stage{i}")(x)
-        return x
 
     def forward_head(self, x):
         if isinstance(self.head(), nn.Conv2d):

@@ -103,12 +103,10 @@ class EfficientNet(Backbone):
         self.num_features = head
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(o.drop(dropout), nn.Linear(head, num_classes))
-        self.head_name = "classifier.1"
-        self.block_names = [[f"features.{i}"] for i in range(len(features))]
+        self.head_names = ("classifier.1",)
+        self.trunk_names = [f"features.{i}" for i in range(len(features))]
+        self.block_names = [[name] for name in self.trunk_names]
         init_weights(self)
-
-    def forward_features(self, x):
-        return self.features(x)
 
     def forward_head(self, x):
         return self.classifier(torch.flatten(self.avgpool(x), 1))

@@ -66,19 +66,13 @@ class GoogLeNet(Backbone):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = o.drop(0.2 if o.retain_head else 0.0)
         self.fc = nn.Linear(1024, num_classes)
-        self.head_name = "fc"
+        self.head_names = ("fc",)
+        self.trunk_names = ["conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b",
+                            "maxpool3", *(f"inception4{c}" for c in "abcde"), "maxpool4", "inception5a",
+                            "inception5b"]
         self.block_names = [["conv1"], ["conv2", "conv3"], ["inception3a", "inception3b"],
                             [f"inception4{c}" for c in "abcde"], ["inception5a", "inception5b"]]
         init_weights(self)
-
-    def forward_features(self, x):
-        x = self.maxpool1(self.conv1(x))
-        x = self.maxpool2(self.conv3(self.conv2(x)))
-        x = self.maxpool3(self.inception3b(self.inception3a(x)))
-        for c in "abcde":
-            x = getattr(self, f"inception4{c}")(x)
-        x = self.maxpool4(x)
-        return self.inception5b(self.inception5a(x))
 
     def forward_head(self, x):
         return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
@@ -135,12 +129,10 @@ class SqueezeNet(Backbone):
         else:
             self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.classifier = nn.Sequential(o.drop(1e-3), nn.Linear(512, num_classes))
-        self.head_name = "classifier.1"
+        self.head_names = ("classifier.1",)
+        self.trunk_names = [f"features.{i}" for i in range(len(features))]
         self.block_names = names
         init_weights(self)
-
-    def forward_features(self, x):
-        return self.features(x)
 
     def forward_head(self, x):
         if isinstance(self.head(), nn.Conv2d):  # the retained conv classifier pools last

@@ -55,13 +55,11 @@ class MobileNetV2(Backbone):
         self.num_features = last
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(o.drop(0.2), nn.Linear(last, num_classes))
-        self.head_name = "classifier.1"
+        self.head_names = ("classifier.1",)
+        self.trunk_names = [f"features.{i}" for i in range(len(features))]
         # One TAO block per features entry: stem, the 17 inverted residuals, the 1x1 conv.
-        self.block_names = [[f"features.{i}"] for i in range(len(features))]
+        self.block_names = [[name] for name in self.trunk_names]
         init_weights(self)
-
-    def forward_features(self, x):
-        return self.features(x)
 
     def forward_head(self, x):
         return self.classifier(self.avgpool(x).flatten(1))
@@ -88,12 +86,10 @@ class MobileNetV1(Backbone):
         self.num_features = cin
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(o.drop(1e-3), nn.Linear(cin, num_classes))
-        self.head_name = "classifier.1"
-        self.block_names = [[f"features.{i}"] for i in range(len(features))]
+        self.head_names = ("classifier.1",)
+        self.trunk_names = [f"features.{i}" for i in range(len(features))]
+        self.block_names = [[name] for name in self.trunk_names]
         init_weights(self)
-
-    def forward_features(self, x):
-        return self.features(x)
 
     def forward_head(self, x):
         return self.classifier(self.avgpool(x).flatten(1))

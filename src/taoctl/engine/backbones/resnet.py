@@ -94,13 +94,10 @@ class ResNet(Backbone):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.drop = o.drop(0.0)
         self.fc = nn.Linear(cin, num_classes)
-        self.head_name = "fc"
+        self.head_names = ("fc",)
+        self.trunk_names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
         self.block_names = [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"]]
         init_weights(self)
-
-    def forward_features(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_head(self, x):
         return self.fc(self.drop(self.avgpool(x).flatten(1)))

@@ -38,6 +38,7 @@ class _Sequential(Backbone):
     def _finish(self, features, num_features, num_classes, o: BuildOptions, hidden,
                 dropout_first):
         self.features = nn.Sequential(*features)
+        self.trunk_names = [f"features.{i}" for i in range(len(features))]
         self.num_features = num_features
         if o.retain_head:
             self.avgpool = nn.Identity()
@@ -45,17 +46,14 @@ class _Sequential(Backbone):
                 flat = self.features(torch.zeros(1, o.in_chans, *o.input_size)).numel()
             self.classifier = _fc_head(o, flat, hidden, num_classes, dropout_first)
             linears = [i for i, m in enumerate(self.classifier) if isinstance(m, nn.Linear)]
-            self.head_name = f"classifier.{linears[-1]}"
+            self.head_names = (f"classifier.{linears[-1]}",)
             # fc6 and fc7 are blocks of their own after the conv blocks.
             self.block_names += [[f"classifier.{i}"] for i in linears[:-1]]
         else:
             self.avgpool = nn.AdaptiveAvgPool2d(1)
             self.classifier = nn.Sequential(o.drop(0.0), nn.Linear(num_features, num_classes))
-            self.head_name = "classifier.1"
+            self.head_names = ("classifier.1",)
         init_weights(self)
-
-    def forward_features(self, x):
-        return self.features(x)
 
     def forward_head(self, x):
         return self.classifier(torch.flatten(self.avgpool(x), 1))

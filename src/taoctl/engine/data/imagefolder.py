@@ -23,9 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from taoctl.engine.data.kitti import IMAGE_EXTENSIONS
 from taoctl.errors import TaoctlError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 # TAO's eval/center crop keeps the central 87.5 % (224 of 256), as its Keras loader did.
 CENTER_CROP_FRACTION = 0.875
@@ -288,17 +287,17 @@ class Normalizer:
     def __init__(self, mode: str = "caffe", channels: int = 3, image_mean: dict | None = None):
         mode = (mode or "caffe").lower()
         if mode not in self.MODES:
-            raise TaoctlError(f'train_config.preprocess_mode: unknown mode "{mode}"; use caffe, torch or tf')
+            raise TaoctlError(f'unknown preprocessing mode "{mode}"; use caffe, torch or tf')
         self.mode, self.channels = mode, channels
         keys = ("l",) if channels == 1 else ("r", "g", "b")
         if image_mean:
             unknown = set(image_mean) - set(keys)
             if unknown:
-                raise TaoctlError(f"train_config.image_mean: keys {sorted(unknown)} do not fit {channels}-channel "
-                                  f"input; use {', '.join(keys)}")
+                raise TaoctlError(f"image mean keys {sorted(unknown)} do not fit {channels}-channel input; "
+                                  f"use {', '.join(keys)}")
             missing = [k for k in keys if k not in image_mean]
             if missing:
-                raise TaoctlError(f"train_config.image_mean: missing {', '.join(missing)}")
+                raise TaoctlError(f"image mean without {', '.join(missing)}")
         self.bgr = mode == "caffe" and channels == 3
         if mode == "caffe":
             mean = [image_mean[k] for k in keys] if image_mean else (

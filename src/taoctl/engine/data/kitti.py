@@ -22,8 +22,10 @@ from PIL import Image, UnidentifiedImageError
 
 from taoctl.errors import TaoctlError
 from taoctl.fileio import write_atomic
+from taoctl.text import is_number
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".PNG", ".JPG", ".JPEG")
+# Image file suffixes every dataset reader accepts, lower case: compare ``suffix.lower()``.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 # Issue kinds, in report order, with what happened to the data.
 ISSUE_KINDS = {
@@ -161,45 +163,50 @@ def parse_label_file(path: str | os.PathLike, width: int | None, height: int | N
         try:
             values = [float(v) for v in fields[1:]]
         except ValueError:
-            bad = next(v for v in fields[1:] if not _is_float(v))
+            bad = next(v for v in fields[1:] if not is_number(v))
             report.add("non_numeric", where, repr(bad))
             continue
         if not all(np.isfinite(values)):
             report.add("non_numeric", where, "nan/inf")
             continue
         name = fields[0].lower() if lower else fields[0]
-        x1, y1, x2, y2 = values[3:7]
-        if x1 == x2 or y1 == y2:
-            report.add("zero_area", where, f"box {x1:g} {y1:g} {x2:g} {y2:g}")
+        box = check_box(report, where, values[3:7], width, height)
+        if box is None:
             continue
-        if x1 > x2 or y1 > y2:
-            report.add("inverted_box", where, f"box {x1:g} {y1:g} {x2:g} {y2:g}")
-            continue
-        if width is not None and height is not None and (x1 < 0 or y1 < 0 or x2 > width or y2 > height):
-            cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
-            cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
-            if cx1 >= cx2 or cy1 >= cy2:
-                report.add("outside_image_dropped", where, f"box {x1:g} {y1:g} {x2:g} {y2:g} in {width}x{height}")
-                continue
-            report.add("outside_image", where, f"box {x1:g} {y1:g} {x2:g} {y2:g} clipped to {width}x{height}")
-            x1, y1, x2, y2 = cx1, cy1, cx2, cy2
         if class_mapping and name not in class_mapping:
             report.add("unknown_class", where, repr(name))
         report.class_counts[name] += 1
         report.objects += 1
-        objects.append(KittiObject(name, (x1, y1, x2, y2), truncation=values[0], occlusion=int(values[1]),
+        objects.append(KittiObject(name, box, truncation=values[0], occlusion=int(values[1]),
                                    alpha=values[2], dimensions=tuple(values[7:10]),
                                    location=tuple(values[10:13]), rotation_y=values[13], line=number,
                                    score=values[14] if with_score else None))
     return objects
 
 
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def check_box(report: LabelReport, where: str, box, width: int | None,
+              height: int | None) -> tuple[float, float, float, float] | None:
+    """An (x1, y1, x2, y2) box clipped to ``width`` x ``height``, or None when it is unusable.
+
+    Zero-area, inverted and wholly outside boxes are reported at ``where`` and give None; a box
+    reaching outside the image is reported and clipped. Without a size nothing is clipped.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if x1 == x2 or y1 == y2:
+        report.add("zero_area", where, f"box {x1:g} {y1:g} {x2:g} {y2:g}")
+        return None
+    if x1 > x2 or y1 > y2:
+        report.add("inverted_box", where, f"box {x1:g} {y1:g} {x2:g} {y2:g}")
+        return None
+    if width is None or height is None or (x1 >= 0 and y1 >= 0 and x2 <= width and y2 <= height):
+        return x1, y1, x2, y2
+    cx1, cy1 = min(max(x1, 0.0), float(width)), min(max(y1, 0.0), float(height))
+    cx2, cy2 = min(max(x2, 0.0), float(width)), min(max(y2, 0.0), float(height))
+    if cx1 >= cx2 or cy1 >= cy2:
+        report.add("outside_image_dropped", where, f"box {x1:g} {y1:g} {x2:g} {y2:g} in {width}x{height}")
+        return None
+    report.add("outside_image", where, f"box {x1:g} {y1:g} {x2:g} {y2:g} clipped to {width}x{height}")
+    return cx1, cy1, cx2, cy2
 
 
 def image_size(path: str | os.PathLike, verify: bool = True) -> tuple[int, int]:
@@ -220,11 +227,10 @@ def find_images(folder: str | os.PathLike, extension: str | None = None) -> dict
     if not folder.is_dir():
         raise TaoctlError(f"image folder {folder} does not exist")
     if extension:
+        # A spec's image_extension is matched exactly: frame ids become file names by adding it, as in TAO.
         extension = extension if extension.startswith(".") else "." + extension
-        suffixes = (extension,)
-    else:
-        suffixes = IMAGE_EXTENSIONS
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in suffixes and p.is_file()}
+        return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix == extension and p.is_file()}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()}
 
 
 def read_kitti(image_dir: str | os.PathLike, label_dir: str | os.PathLike, extension: str | None = None,
@@ -301,13 +307,15 @@ def frame_from_example(features: Mapping[str, list], image_directory: str | os.P
 
 
 def resolve_image(image_directory: str | os.PathLike, frame_id: str, extension: str | None) -> str:
-    """The image file of a frame id; without an extension the first existing one of the usual ones."""
+    """The image file of a frame id; without an extension the first existing one of the usual ones
+    (lower or upper case)."""
     base = os.path.join(os.fspath(image_directory), frame_id)
     if extension:
         return base + (extension if extension.startswith(".") else "." + extension)
     for suffix in IMAGE_EXTENSIONS:
-        if os.path.exists(base + suffix):
-            return base + suffix
+        for spelled in (suffix, suffix.upper()):
+            if os.path.exists(base + spelled):
+                return base + spelled
     raise TaoctlError(f"no image for frame {frame_id!r} in {image_directory} (tried {', '.join(IMAGE_EXTENSIONS)})")
 
 

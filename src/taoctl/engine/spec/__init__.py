@@ -3,7 +3,9 @@
 A task declares each kind of spec file it reads as a ``SpecKind`` in its own
 ``tasks/<pkg>/spec.py`` (see ARCHITECTURE.md, "Specs"); this package loads a file as a kind,
 with every user error as one ``FILE:LINE:COL: message`` line (``SpecError``) and legacy TAO
-fields accepted with a warning.
+fields accepted with a warning. Hydra-style overrides from the command line
+(``train_config.n_epochs=3``, ``+a.b=v``, ``list=[1,2]``) are applied before the required and
+range checks, and their errors name the override (``override "a.b=v": ...``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import glob
+import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +24,44 @@ from taoctl.engine.hub import is_hub_name
 from taoctl.engine.spec import prototxt, yamlspec
 from taoctl.errors import SpecError
 
-__all__ = ["SpecKind", "SpecError", "load", "missing_paths", "detect_kind", "check_file", "is_yaml"]
+__all__ = ["SpecKind", "SpecError", "Range", "Override", "positive", "non_negative", "fraction", "at_least",
+           "parse_overrides", "load", "missing_paths", "detect_kind", "check_file", "is_yaml"]
 
 YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric field; NaN and infinity are never allowed."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    exclusive_maximum: bool = False
+
+    def allows(self, value) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum):
+            return False
+        return self.maximum is None or (value < self.maximum if self.exclusive_maximum else value <= self.maximum)
+
+    def words(self) -> str:
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None:
+            return f"in {'(' if self.exclusive_minimum else '['}{low:g}, {high:g}{')' if self.exclusive_maximum else ']'}"
+        if low is not None:
+            return f"{'>' if self.exclusive_minimum else '>='} {low:g}"
+        return f"{'<' if self.exclusive_maximum else '<='} {high:g}"
+
+
+positive = Range(minimum=0, exclusive_minimum=True)
+non_negative = Range(minimum=0)
+fraction = Range(minimum=0, maximum=1)
+
+
+def at_least(n: float) -> Range:
+    return Range(minimum=n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +71,12 @@ class SpecKind:
     ``message`` (a generated protobuf class) for protobuf-text specs, or ``schema`` (a
     dataclass) for YAML specs. ``required``: dotted paths that must be set in every file of
     this kind; ``required_for``: extra paths per subtask (``{"evaluate": ("eval_config.model_path",)}``).
-    ``paths``: fields that name files or folders, for ``--dry-run``. ``corpus``: fnmatch
+    ``paths``: fields that name files or folders, for ``--dry-run``. ``ranges``: numeric fields
+    and the values they allow (``{"train_config.n_epochs": at_least(1)}``), checked on every
+    element of a repeated field, for the values the file or an override sets. ``corpus``: fnmatch
     patterns on ``owner/repo/path`` of the TAO spec corpus whose files must load as this kind.
+    Every declared path must name a field of the message or schema (checked here, so a typo
+    fails at import instead of silently checking nothing).
     """
 
     name: str
@@ -42,12 +85,21 @@ class SpecKind:
     required: tuple[str, ...] = ()
     required_for: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     paths: tuple[str, ...] = ()
+    ranges: dict[str, Range] = dataclasses.field(default_factory=dict)
     corpus: tuple[str, ...] = ()
-    help: str = ""
 
     def __post_init__(self):
         if (self.message is None) == (self.schema is None):
             raise ValueError(f"spec kind {self.name!r} needs exactly one of message= or schema=")
+        declared = [*self.required, *(p for paths in self.required_for.values() for p in paths), *self.paths]
+        for path in [*declared, *self.ranges]:
+            try:
+                numeric = (yamlspec.is_numeric(self.schema, path) if self.is_yaml
+                           else prototxt.is_numeric(self.message, path))
+            except KeyError as exc:
+                raise ValueError(f"spec kind {self.name!r}: {exc.args[0]}") from None
+            if path in self.ranges and not numeric:
+                raise ValueError(f"spec kind {self.name!r}: range on {path}, which is not a number")
 
     @property
     def is_yaml(self) -> bool:
@@ -58,6 +110,53 @@ class SpecKind:
         if self.message is not None:
             return set(self.message.DESCRIPTOR.fields_by_name)
         return {f.name for f in dataclasses.fields(self.schema)}
+
+
+# -- command-line overrides ------------------------------------------------------------------
+
+_OVERRIDE_KEY = re.compile(r"^[A-Za-z_][\w-]*(?:\.[\w-]+|\[[^\[\]]+\])*$")
+_KEY_PART = re.compile(r"\[([^\[\]]+)\]|([^.\[\]]+)")
+_MODES = {"": "set", "+": "add", "++": "force"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """One ``key=value`` override as typed (``text``). ``mode``: "set" (``a.b=v``: any field the
+    schema has), "add" (``+a.b=v``: only a field the file does not set; an index one past the end
+    of a list appends an element), "force" (``++a.b=v``: either). ``parts``: the key split at dots
+    and brackets (``a.b[0].c`` and ``a.b.0.c`` alike); ``value``: the text after ``=``, read as
+    YAML (``3``, ``1e-4``, ``true``, ``[a,b]``, ``/path``)."""
+
+    text: str
+    mode: str
+    key: str
+    parts: tuple[str, ...]
+    value: str
+
+    def error(self, message: str) -> SpecError:
+        return SpecError(f'override "{self.text}": {message}')
+
+
+def parse_override(text: str) -> Override:
+    """One override string as an Override; a one-line SpecError when it is not ``key=value``."""
+    if text.startswith("~"):
+        raise SpecError(f'override "{text}": removing a key (~key) is not supported; set it instead (key=value)')
+    plus = len(text) - len(text.lstrip("+"))
+    key, sep, value = text[plus:].partition("=")
+    if not sep or plus > 2:
+        raise SpecError(f'override "{text}": expected key=value (e.g. train_config.n_epochs=10)')
+    if not _OVERRIDE_KEY.match(key):
+        raise SpecError(f'override "{text}": "{key}" is not a key (names joined by dots, e.g. train_config.n_epochs)')
+    parts = tuple(index or name for index, name in _KEY_PART.findall(key))
+    return Override(text, _MODES[text[:plus]], key, parts, value)
+
+
+def parse_overrides(args) -> tuple[str, ...]:
+    """A command's trailing arguments as override strings; SpecError on the first that is not
+    ``key=value``, ``+key=value`` or ``++key=value``."""
+    for arg in args:
+        parse_override(arg)
+    return tuple(args)
 
 
 def is_yaml(path) -> bool:
@@ -85,26 +184,42 @@ def read_text(path) -> str:
         raise SpecError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
 
 
-def load(path, kind: SpecKind, on_warning: Callable[[str], None] | None = None, subtask: str | None = None):
+def load(path, kind: SpecKind, on_warning: Callable[[str], None] | None = None, subtask: str | None = None,
+         overrides=()):
     """Load a spec file as ``kind``: a filled protobuf message, or a schema dataclass instance.
 
-    Errors raise SpecError (``FILE:LINE:COL: message``, or ``FILE: missing required value
-    a.b``); each legacy field set calls ``on_warning`` (default: print to stderr) and is cleared.
+    ``overrides`` (strings such as ``train_config.n_epochs=3``, see ``Override``) are applied in
+    order after the file is read, before the required-value and range checks. Errors raise
+    SpecError (``FILE:LINE:COL: message``, ``override "a.b=v": message``, or ``FILE: missing
+    required value a.b``); each legacy field set in the file calls ``on_warning`` (default:
+    print to stderr) and is cleared.
     """
     warn = on_warning or _warn_to_stderr
     filename = str(path)
     text = read_text(path)
+    parsed = [parse_override(o) for o in overrides]
     required = kind.required + kind.required_for.get(subtask, ())
     if kind.is_yaml:
-        return yamlspec.load(text, kind.schema, filename, required)
-    message = kind.message()
-    sites = prototxt.parse(text, message, filename)
-    prototxt.apply_legacy(sites, filename, warn)
-    missing = prototxt.missing_required(message, required)
-    if missing:
-        noun = "value" if len(missing) == 1 else "values"
-        raise SpecError(f"{filename}: missing required {noun} {', '.join(missing)}")
-    return message
+        spec, origins = yamlspec.load(text, kind.schema, filename, required, parsed)
+        values = yamlspec.resolve
+    else:
+        spec = kind.message()
+        sites = prototxt.apply_legacy(prototxt.parse(text, spec, filename), filename, warn)
+        origins = {site.path: f"{filename}:{site.line}:{site.column}" for site in sites}
+        for override in parsed:
+            prototxt.apply_override(spec, override, origins)
+        missing = prototxt.missing_required(spec, required)
+        if missing:
+            noun = "value" if len(missing) == 1 else "values"
+            raise SpecError(f"{filename}: missing required {noun} {', '.join(missing)}")
+        values = prototxt.values_at
+    for field_path, allowed in kind.ranges.items():
+        for concrete, value in values(spec, field_path):
+            origin = origins.get(concrete)
+            if origin is not None and value is not None and not allowed.allows(value):
+                finite = "" if math.isfinite(value) else "a finite number "
+                raise SpecError(f"{origin}: {concrete} must be {finite}{allowed.words()}, got {value:.7g}")
+    return spec
 
 
 def _values(spec, path: str) -> list[tuple[str, object]]:

@@ -3,9 +3,11 @@
 A schema is a dataclass whose fields are typed ``int``, ``float``, ``bool``, ``str``,
 ``Literal["a", "b"]`` (a choice), another schema dataclass (a section), ``list[T]``,
 ``dict[str, T]`` or ``T | None``; a field's default is used when the key is absent, and a field
-without a default must be given. Errors name the file, line and column of the offending node
-(PyYAML's composed node tree keeps them), e.g. ``spec.yaml:3:5: unknown key "rotaton" in
-spatial_aug (did you mean "rotation"?)``.
+without a default must be given; a value written ``???`` (OmegaConf's MISSING) must be filled by
+an override. Errors name the file, line and column of the offending node (PyYAML's composed node
+tree keeps them), e.g. ``spec.yaml:3:5: unknown key "rotaton" in spatial_aug (did you mean
+"rotation"?)``. Overrides edit the node tree before it is built, so their values go through the
+same checks; nodes an override made are reported as ``override "a.b=v"`` instead of a position.
 """
 
 from __future__ import annotations
@@ -27,14 +29,25 @@ _NULL = "tag:yaml.org,2002:null"
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
+_MISSING = "???"
+
+
 class _Loader:
     def __init__(self, filename: str):
         self.filename = filename
         self.constructor = yaml.constructor.SafeConstructor()
+        self.override_of: dict[int, object] = {}  # id(node) -> the Override that made it
+        self.origins: dict[str, str] = {}  # concrete path of each scalar given -> where it was given
+
+    def where(self, node) -> str:
+        override = self.override_of.get(id(node))
+        if override is not None:
+            return f'override "{override.text}"'
+        mark = node.start_mark
+        return f"{self.filename}:{mark.line + 1}:{mark.column + 1}"
 
     def error(self, node, message: str) -> SpecError:
-        mark = node.start_mark
-        return SpecError(f"{self.filename}:{mark.line + 1}:{mark.column + 1}: {message}")
+        return SpecError(f"{self.where(node)}: {message}")
 
     def scalar(self, node):
         return self.constructor.construct_object(node, deep=True)
@@ -49,6 +62,9 @@ class _Loader:
         return f'"{node.value}"'
 
     def value(self, node, annotation, name: str, path: str):
+        if isinstance(node, yaml.ScalarNode) and node.tag == _STR and node.value == _MISSING:
+            raise self.error(node, f"missing required value {path} ({_MISSING} in the spec: set it in the file or "
+                                   f"as an override {path}=...)")
         origin = typing.get_origin(annotation)
         args = typing.get_args(annotation)
         if origin in (typing.Union, types.UnionType):
@@ -87,6 +103,7 @@ class _Loader:
             return result
         if not isinstance(node, yaml.ScalarNode):
             raise self.error(node, f"{name} expects {self.words(annotation)}, got {self.got(node)}")
+        self.origins[path] = self.where(node)
         if origin is typing.Literal:
             value = self.scalar(node)
             if value not in args:
@@ -177,19 +194,136 @@ def _compose(text: str, filename: str):
         raise SpecError(f"{filename}: YAML syntax error: {exc}") from None
 
 
-def load(text: str, schema, filename: str, required=()):
-    """Build a ``schema`` instance from YAML text; raises SpecError with line:col."""
+def load(text: str, schema, filename: str, required=(), overrides=()):
+    """Build a ``schema`` instance from YAML text after applying ``overrides`` (Override objects).
+
+    Returns (spec, origins): origins maps the concrete path of every scalar the file or an
+    override gave (``a.b[0]``) to where it was given (``FILE:LINE:COL`` or ``override "a.b=v"``).
+    Raises SpecError with line:col.
+    """
     root = _compose(text, filename)
     loader = _Loader(filename)
     if root is None:
         root = yaml.MappingNode(tag="tag:yaml.org,2002:map", value=[],
                                 start_mark=yaml.Mark(filename, 0, 0, 0, None, None))
+    for override in overrides:
+        _apply_override(root, schema, override, loader)
     spec = loader.section(root, schema, "")
     missing = [p for p in required if not any(v not in (None, "") for _, v in resolve(spec, p))]
     if missing:
         noun = "value" if len(missing) == 1 else "values"
         raise SpecError(f"{filename}: missing required {noun} {', '.join(missing)}")
-    return spec
+    return spec, loader.origins
+
+
+def _alternatives(annotation) -> list:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _step(annotation, part: str):
+    """How an override key part goes into a value of this type: ("field", dataclass),
+    ("key", dict value type), ("index", list item type), or None for a single value."""
+    options = _alternatives(annotation)
+    if part.isdigit():
+        for option in options:
+            if typing.get_origin(option) is list:
+                return "index", typing.get_args(option)[0]
+    for option in options:
+        if dataclasses.is_dataclass(option):
+            return "field", option
+    for option in options:
+        if typing.get_origin(option) is dict:
+            return "key", typing.get_args(option)[1]
+    for option in options:
+        if typing.get_origin(option) is list:
+            return "list", typing.get_args(option)[0]
+    return None
+
+
+def _key_index(mapping, key: str) -> int | None:
+    for i, (key_node, _) in enumerate(mapping.value):
+        if str(key_node.value) == key:
+            return i
+    return None
+
+
+def _apply_override(root, schema, override, loader: _Loader) -> None:
+    """Set ``override`` in the composed node tree, checking its key against ``schema``."""
+    def made(node):  # a node the override contributes: errors about it name the override
+        loader.override_of[id(node)] = override
+        for child in (node.value if isinstance(node, yaml.SequenceNode) else
+                      [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []):
+            made(child)
+        return node
+
+    mark = root.start_mark
+    node, annotation, where = root, schema, ""
+    parts = override.parts
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        # the step before refused to go inside a single value or a list by name
+        shape, child_annotation = _step(annotation, part)
+        label = where or "the top level"
+        if shape == "field":
+            hints = typing.get_type_hints(child_annotation)
+            if part not in hints:
+                raise override.error(f'unknown key "{part}" in {label}{did_you_mean(part, hints)}')
+            child_annotation = hints[part]
+        here = f"{where}[{part}]" if shape == "index" else (f"{where}.{part}" if where else part)
+        if shape == "index":
+            index, size = int(part), len(node.value)
+            appending = index == size and override.mode != "set"
+            if index > size or (index == size and not appending):
+                raise override.error(f"{where} has {size} element{'s' * (size != 1)}, no [{index}]"
+                                     + (f"; +{override.key}=... adds one" if index == size else ""))
+            existing = None if appending else node.value[index]
+        else:
+            slot = _key_index(node, part)
+            existing = None if slot is None else node.value[slot][1]
+        if last:
+            if existing is not None and override.mode == "add":
+                raise override.error(f"{here} is already set ({loader.where(existing)}); "
+                                     f"use {override.key}=... to change it")
+            new = made(_compose_value(override, mark))
+        else:
+            following = _step(child_annotation, parts[i + 1])
+            if following is None:
+                raise override.error(f"{here} is a single value, not a section")
+            if following[0] == "list":
+                raise override.error(f"{here} is a list: name an element by its index ({here}[0]...)")
+            kind = yaml.SequenceNode if following[0] == "index" else yaml.MappingNode
+            if isinstance(existing, kind):
+                new = existing
+            elif existing is None or (isinstance(existing, yaml.ScalarNode) and existing.tag == _NULL):
+                tag = "tag:yaml.org,2002:seq" if kind is yaml.SequenceNode else "tag:yaml.org,2002:map"
+                new = made(kind(tag=tag, value=[], start_mark=mark))
+            else:
+                raise override.error(f"{here} is {loader.got(existing)} in the spec ({loader.where(existing)}), "
+                                     f"not {'a list' if kind is yaml.SequenceNode else 'a section'}")
+        if new is not existing:
+            if shape == "index":
+                if existing is None:
+                    node.value.append(new)
+                else:
+                    node.value[int(part)] = new
+            elif existing is None:
+                node.value.append((made(yaml.ScalarNode(_STR, part, start_mark=mark)), new))
+            else:
+                node.value[slot] = (node.value[slot][0], new)
+        node, annotation, where = new, child_annotation, here
+
+
+def _compose_value(override, mark):
+    """The override's value as a YAML node; ``key=`` is an empty string, as in Hydra."""
+    if override.value == "":
+        return yaml.ScalarNode(_STR, "", style="'", start_mark=mark)
+    try:
+        node = yaml.compose(override.value, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        raise override.error(f"value is not valid YAML ({exc.problem or exc.context})") from None
+    return node if node is not None else yaml.ScalarNode(_NULL, "", start_mark=mark)
 
 
 def resolve(spec, path: str) -> list[tuple[str, object]]:
@@ -211,6 +345,36 @@ def resolve(spec, path: str) -> list[tuple[str, object]]:
 
     walk(spec, path.split("."), "")
     return found
+
+
+def is_numeric(schema, path: str) -> bool:
+    """Whether a declared dotted path (lists and dicts stepped through) ends in numbers only;
+    KeyError when the schema has no such field."""
+    options = [schema]
+    for part in path.split("."):
+        found = []
+        pending = list(options)
+        while pending:
+            option = pending.pop()
+            if dataclasses.is_dataclass(option):
+                hints = typing.get_type_hints(option)
+                if part in hints:
+                    found.append(hints[part])
+            elif typing.get_origin(option) is dict:
+                found.append(typing.get_args(option)[1])
+            elif typing.get_origin(option) in (list, typing.Union, types.UnionType):
+                pending.extend(a for a in typing.get_args(option) if a is not type(None))
+        if not found:
+            raise KeyError(f"{schema.__name__} has no field {path!r}")
+        options = found
+    leaves, pending = [], list(options)
+    while pending:
+        option = pending.pop()
+        if typing.get_origin(option) in (list, typing.Union, types.UnionType):
+            pending.extend(a for a in typing.get_args(option) if a is not type(None))
+        else:
+            leaves.append(option)
+    return all(leaf in (int, float) for leaf in leaves)
 
 
 def top_level_names(text: str) -> list[str] | None:

@@ -2,8 +2,9 @@
 
 The child gets its own process group so that Ctrl-C / SIGTERM reach the whole job (torchrun
 and its workers included) exactly once, forwarded by the launcher, and `taoctl stop` can end
-it from another shell. The child's exit status is the launcher's (TAO's returns 0 even
-when the task failed).
+it from another shell; it dies with the launcher (a SIGKILL of taoctl ends the run too). The child's exit status is the launcher's (TAO's returns 0 even
+when the task failed). Its environment is the launcher's plus the entrypoint's subtask
+defaults (OMP_WAIT_POLICY=PASSIVE unless set), so `run <cmd>` gets them too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import sys
 
 from taoctl.launcher import jobs
+from taoctl.launcher.entrypoint import die_with_parent, subtask_env_defaults
 
 NAME = "local"
 
@@ -23,7 +25,9 @@ def entrypoint_command(task: str, subtask: str, args: list[str]) -> list[str]:
 
 
 def run(command: list[str], task: str, subtask: str, args: list[str]) -> int:
-    child = subprocess.Popen(command, start_new_session=True)
+    env = {**os.environ, **subtask_env_defaults(os.environ)}
+    launcher = os.getpid()
+    child = subprocess.Popen(command, start_new_session=True, env=env, preexec_fn=lambda: die_with_parent(launcher))
     record = jobs.record_job(child.pid, task, subtask, args)
 
     def forward(signum, _frame):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from taoctl.engine.spec import SpecKind
+from taoctl.engine.spec import Range, SpecKind, at_least, non_negative
 from taoctl.engine.spec import load as _load
 from taoctl.tasks.augment.proto import augmentation_config_pb2
 
@@ -114,20 +114,47 @@ class AugmentationExperiment:
     num_gpus: int = 1
 
 
+_ANGLE = Range(minimum=-360, maximum=360)  # degrees (radians fit too)
+_PIXEL = Range(minimum=0, maximum=255)
+_OFFSET = Range(minimum=-255, maximum=255)
+_CONTRAST = at_least(-1)  # (in - center) * (1 + contrast): below -1 inverts the image
+
 KINDS = {
     "augment": SpecKind(
         "augment",
         message=augmentation_config_pb2.AugmentationConfig,
-        help="TAO 3.x augment spec (-a): spatial_config, color_config, blur_config, dataset_config, output size",
+        ranges={
+            "spatial_config.rotation_config.angle": _ANGLE,
+            "color_config.hue_saturation_config.hue_rotation_angle": _ANGLE,
+            "color_config.hue_saturation_config.saturation_shift": non_negative,
+            "color_config.contrast_config.contrast": _CONTRAST,
+            "color_config.contrast_config.center": _PIXEL,
+            "color_config.brightness_config.offset": _OFFSET,
+            "blur_config.std": non_negative,
+            "blur_config.size": non_negative,
+        },
     ),
     "augmentation": SpecKind(
         "augmentation",
         schema=AugmentationExperiment,
         required=("data.image_dir", "data.ann_path"),
         paths=("data.image_dir", "data.ann_path"),
+        ranges={
+            "data.output_image_width": at_least(1),
+            "data.output_image_height": at_least(1),
+            "data.batch_size": at_least(1),
+            "num_gpus": at_least(1),
+            "spatial_aug.rotation.angle": _ANGLE,
+            "color_aug.hue.hue_rotation_angle": _ANGLE,
+            "color_aug.saturation.saturation_shift": non_negative,
+            "color_aug.contrast.contrast": _CONTRAST,
+            "color_aug.contrast.center": _PIXEL,
+            "color_aug.brightness.offset": _OFFSET,
+            "blur_aug.std": non_negative,
+            "blur_aug.size": non_negative,
+        },
         corpus=("NVIDIA/tao_tutorials/notebooks/tao_data_services/specs/augment.yaml",
                 "NVIDIA/tao_tutorials/notebooks/tao_data_services/kitti/specs/augment.yaml"),
-        help="TAO 5 dataset augmentation spec (-e, YAML): data, spatial_aug, color_aug, blur_aug",
     ),
 }
 
@@ -137,5 +164,5 @@ def choices(value) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
-def load(path, kind: str = "augment", subtask: str | None = None, on_warning=None):
-    return _load(path, KINDS[kind], on_warning=on_warning, subtask=subtask)
+def load(path, kind: str = "augment", subtask: str | None = None, on_warning=None, overrides=()):
+    return _load(path, KINDS[kind], on_warning=on_warning, subtask=subtask, overrides=overrides)

@@ -218,7 +218,7 @@ def _read_coco(config, report: kitti.LabelReport, class_mapping) -> tuple[list[l
                     report.add("unknown_class", where, f"category_id {ann.get('category_id')}")
                     continue
                 name = cats[ann["category_id"]].lower()
-                box = _check_box(report, where, x, y, x + w, y + h, width, height)
+                box = kitti.check_box(report, where, (x, y, x + w, y + h), width, height)
                 if box is None:
                     continue
                 if class_mapping and name not in class_mapping:
@@ -231,22 +231,6 @@ def _read_coco(config, report: kitti.LabelReport, class_mapping) -> tuple[list[l
         report.frames += len(frames)
         partitions.append(frames)
     return partitions, shards
-
-
-def _check_box(report, where, x1, y1, x2, y2, width, height):
-    if x1 == x2 or y1 == y2:
-        report.add("zero_area", where, f"box {x1:g} {y1:g} {x2:g} {y2:g}")
-        return None
-    if x1 > x2 or y1 > y2:
-        report.add("inverted_box", where, f"box {x1:g} {y1:g} {x2:g} {y2:g}")
-        return None
-    cx1, cy1, cx2, cy2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height))
-    if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-        if cx1 >= cx2 or cy1 >= cy2:
-            report.add("outside_image_dropped", where, f"box {x1:g} {y1:g} {x2:g} {y2:g} in {width}x{height}")
-            return None
-        report.add("outside_image", where, f"box {x1:g} {y1:g} {x2:g} {y2:g} clipped to {width}x{height}")
-    return cx1, cy1, cx2, cy2
 
 
 # --- the conversion ---------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from taoctl.engine.spec import SpecKind
+from taoctl.engine.spec import SpecKind, at_least, fraction, non_negative, positive
 from taoctl.engine.spec import load as _load
 from taoctl.tasks.detection_common.spec import KINDS as _DETECTION_KINDS
+from taoctl.tasks.detection_common.spec import PROBABILITY, TRAINING_RANGES
 from taoctl.tasks.yolo_v3.proto import experiment_pb2
 
 _STARTER = "NVIDIA/tao_tutorials/notebooks/tao_launcher_starter_kit/yolo_v3/specs"
@@ -27,14 +28,42 @@ KINDS = {
                "dataset_config.validation_data_sources.image_directory_path",
                "training_config.resume_model_path", "training_config.pretrain_model_path",
                "training_config.pruned_model_path"),
+        ranges={
+            **TRAINING_RANGES,
+            "training_config.learning_rate.soft_start_cosine_annealing_schedule.max_learning_rate": positive,
+            "training_config.learning_rate.soft_start_cosine_annealing_schedule.min_learning_rate": positive,
+            "training_config.learning_rate.soft_start_cosine_annealing_schedule.soft_start": fraction,
+            "training_config.optimizer.sgd.momentum": fraction,
+            "training_config.optimizer.rmsprop.rho": fraction,
+            "training_config.optimizer.rmsprop.momentum": fraction,
+            "training_config.optimizer.rmsprop.epsilon": non_negative,
+            "dataset_config.data_sources.source_weight": non_negative,
+            # TAO's YOLO color jitter: hue shift in [0, 1]; saturation and exposure are scale factors
+            # drawn from [1/s, s], so s < 1 inverts the range.
+            "augmentation_config.hue": fraction,
+            "augmentation_config.saturation": at_least(1),
+            "augmentation_config.exposure": at_least(1),
+            "augmentation_config.vertical_flip": PROBABILITY,
+            "augmentation_config.horizontal_flip": PROBABILITY,
+            "augmentation_config.jitter": fraction,
+            "augmentation_config.output_width": at_least(1),
+            "augmentation_config.output_height": at_least(1),
+            "augmentation_config.randomize_input_shape_period": non_negative,
+            "yolov3_config.matching_neutral_box_iou": fraction,
+            "yolov3_config.loss_loc_weight": non_negative,
+            "yolov3_config.loss_neg_obj_weights": non_negative,
+            "yolov3_config.loss_class_weights": non_negative,
+            "eval_config.batch_size": at_least(1),
+            "eval_config.matching_iou_threshold": fraction,
+            "nms_config.confidence_threshold": fraction,
+            "nms_config.clustering_iou_threshold": fraction,
+        },
         corpus=(f"{_STARTER}/yolo_v3_*train_*", f"{_BACKEND}/coco_tfrecords.txt"),
-        help="experiment spec (-e) of train, evaluate, inference, prune, export, kmeans: yolov3_config, "
-             "dataset_config, augmentation_config, training_config, eval_config, nms_config",
     ),
     **_DETECTION_KINDS,
 }
 
 
-def load(path, kind: str = "experiment", subtask: str | None = None, on_warning=None):
+def load(path, kind: str = "experiment", subtask: str | None = None, on_warning=None, overrides=()):
     """Load a yolo_v3 spec: ``Experiment`` or ``DatasetExportConfig``."""
-    return _load(path, KINDS[kind], on_warning=on_warning, subtask=subtask)
+    return _load(path, KINDS[kind], on_warning=on_warning, subtask=subtask, overrides=overrides)

@@ -22,10 +22,16 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from taoctl.tasks.common.proto import experiment_logging_pb2 as taoctl_dot_tasks_dot_common_dot_proto_dot_experiment__logging__pb2
+from taoctl.tasks.common.proto import cost_scaling_config_pb2 as taoctl_dot_tasks_dot_common_dot_proto_dot_cost__scaling__config__pb2
+from taoctl.tasks.common.proto import eval_config_pb2 as taoctl_dot_tasks_dot_common_dot_proto_dot_eval__config__pb2
+from taoctl.tasks.common.proto import learning_rate_config_pb2 as taoctl_dot_tasks_dot_common_dot_proto_dot_learning__rate__config__pb2
+from taoctl.tasks.common.proto import nms_config_pb2 as taoctl_dot_tasks_dot_common_dot_proto_dot_nms__config__pb2
+from taoctl.tasks.common.proto import optimizer_config_pb2 as taoctl_dot_tasks_dot_common_dot_proto_dot_optimizer__config__pb2
+from taoctl.tasks.common.proto import regularizer_config_pb2 as taoctl_dot_tasks_dot_common_dot_proto_dot_regularizer__config__pb2
+from taoctl.tasks.common.proto import visualizer_config_pb2 as taoctl_dot_tasks_dot_common_dot_proto_dot_visualizer__config__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+taoctl/tasks/yolo_v3/proto/experiment.proto\x12\x0etaoctl.yolo_v3\x1a\x32taoctl/tasks/common/proto/experiment_logging.proto\"d\n\x11\x43ostScalingConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x18\n\x10initial_exponent\x18\x02 \x01(\x01\x12\x11\n\tincrement\x18\x03 \x01(\x01\x12\x11\n\tdecrement\x18\x04 \x01(\x01\"\x7f\n SoftStartAnnealingScheduleConfig\x12\x19\n\x11min_learning_rate\x18\x01 \x01(\x02\x12\x19\n\x11max_learning_rate\x18\x02 \x01(\x02\x12\x12\n\nsoft_start\x18\x03 \x01(\x02\x12\x11\n\tannealing\x18\x04 \x01(\x02\"r\n&SoftStartCosineAnnealingScheduleConfig\x12\x19\n\x11max_learning_rate\x18\x01 \x01(\x02\x12\x12\n\nsoft_start\x18\x02 \x01(\x02\x12\x19\n\x11min_learning_rate\x18\x03 \x01(\x02\"\xe8\x01\n\x12LearningRateConfig\x12Y\n\x1dsoft_start_annealing_schedule\x18\x01 \x01(\x0b\x32\x30.taoctl.yolo_v3.SoftStartAnnealingScheduleConfigH\x00\x12\x66\n$soft_start_cosine_annealing_schedule\x18\x02 \x01(\x0b\x32\x36.taoctl.yolo_v3.SoftStartCosineAnnealingScheduleConfigH\x00\x42\x0f\n\rlearning_rate\"8\n\x12SGDOptimizerConfig\x12\x10\n\x08momentum\x18\x01 \x01(\x02\x12\x10\n\x08nesterov\x18\x02 \x01(\x08\"U\n\x13\x41\x64\x61mOptimizerConfig\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x02\x12\r\n\x05\x62\x65ta1\x18\x02 \x01(\x02\x12\r\n\x05\x62\x65ta2\x18\x03 \x01(\x02\x12\x0f\n\x07\x61msgrad\x18\x04 \x01(\x08\"Z\n\x16RMSpropOptimizerConfig\x12\x0b\n\x03rho\x18\x01 \x01(\x02\x12\x10\n\x08momentum\x18\x02 \x01(\x02\x12\x0f\n\x07\x65psilon\x18\x03 \x01(\x02\x12\x10\n\x08\x63\x65ntered\x18\x04 \x01(\x08\"\xc1\x01\n\x0fOptimizerConfig\x12\x33\n\x04\x61\x64\x61m\x18\x01 \x01(\x0b\x32#.taoctl.yolo_v3.AdamOptimizerConfigH\x00\x12\x31\n\x03sgd\x18\x02 \x01(\x0b\x32\".taoctl.yolo_v3.SGDOptimizerConfigH\x00\x12\x39\n\x07rmsprop\x18\x03 \x01(\x0b\x32&.taoctl.yolo_v3.RMSpropOptimizerConfigH\x00\x42\x0b\n\toptimizer\"\x99\x01\n\x11RegularizerConfig\x12\x42\n\x04type\x18\x01 \x01(\x0e\x32\x34.taoctl.yolo_v3.RegularizerConfig.RegularizationType\x12\x0e\n\x06weight\x18\x02 \x01(\x02\"0\n\x12RegularizationType\x12\n\n\x06NO_REG\x10\x00\x12\x06\n\x02L1\x10\x01\x12\x06\n\x02L2\x10\x02\"\xba\x01\n\x10VisualizerConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x12\n\nnum_images\x18\x02 \x01(\r\x12\x19\n\x11weight_histograms\x18\x03 \x01(\x08\x12\x30\n\x0cwandb_config\x18\x04 \x01(\x0b\x32\x1a.taoctl.common.WandBConfig\x12\x34\n\x0e\x63learml_config\x18\x05 \x01(\x0b\x32\x1c.taoctl.common.ClearMLConfig\"\xb6\x04\n\x0eTrainingConfig\x12\x1a\n\x12\x62\x61tch_size_per_gpu\x18\x01 \x01(\r\x12\x12\n\nnum_epochs\x18\x02 \x01(\r\x12\x39\n\rlearning_rate\x18\x03 \x01(\x0b\x32\".taoctl.yolo_v3.LearningRateConfig\x12\x36\n\x0bregularizer\x18\x04 \x01(\x0b\x32!.taoctl.yolo_v3.RegularizerConfig\x12\x32\n\toptimizer\x18\x05 \x01(\x0b\x32\x1f.taoctl.yolo_v3.OptimizerConfig\x12\x37\n\x0c\x63ost_scaling\x18\x06 \x01(\x0b\x32!.taoctl.yolo_v3.CostScalingConfig\x12\x1b\n\x13\x63heckpoint_interval\x18\x07 \x01(\r\x12\x12\n\nenable_qat\x18\x08 \x01(\x08\x12\x1b\n\x11resume_model_path\x18\t \x01(\tH\x00\x12\x1d\n\x13pretrain_model_path\x18\n \x01(\tH\x00\x12\x1b\n\x11pruned_model_path\x18\x0b \x01(\tH\x00\x12\x16\n\x0emax_queue_size\x18\x0c \x01(\r\x12\x11\n\tn_workers\x18\r \x01(\r\x12\x1b\n\x13use_multiprocessing\x18\x0e \x01(\x08\x12\x34\n\nvisualizer\x18\x0f \x01(\x0b\x32 .taoctl.yolo_v3.VisualizerConfigB\x0c\n\nload_model\"\xc6\x01\n\nEvalConfig\x12\x42\n\x16\x61verage_precision_mode\x18\x01 \x01(\x0e\x32\".taoctl.yolo_v3.EvalConfig.AP_MODE\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x1e\n\x16matching_iou_threshold\x18\x03 \x01(\x02\x12\x1a\n\x12visualize_pr_curve\x18\x04 \x01(\x08\"$\n\x07\x41P_MODE\x12\n\n\x06SAMPLE\x10\x00\x12\r\n\tINTEGRATE\x10\x01\"\x8e\x01\n\tNMSConfig\x12\x1c\n\x14\x63onfidence_threshold\x18\x01 \x01(\x02\x12 \n\x18\x63lustering_iou_threshold\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x1c\n\x14infer_nms_score_bits\x18\x04 \x01(\r\x12\x14\n\x0c\x66orce_on_cpu\x18\x05 \x01(\x08\"\xca\x02\n\x0cYOLOv3Config\x12\x18\n\x10\x62ig_anchor_shape\x18\x01 \x01(\t\x12\x18\n\x10mid_anchor_shape\x18\x02 \x01(\t\x12\x1a\n\x12small_anchor_shape\x18\x03 \x01(\t\x12 \n\x18matching_neutral_box_iou\x18\x04 \x01(\x02\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x0f\n\x07nlayers\x18\x06 \x01(\r\x12\x18\n\x10\x61rch_conv_blocks\x18\x07 \x01(\r\x12\x17\n\x0floss_loc_weight\x18\x08 \x01(\x02\x12\x1c\n\x14loss_neg_obj_weights\x18\t \x01(\x02\x12\x1a\n\x12loss_class_weights\x18\n \x01(\x02\x12\x15\n\rfreeze_blocks\x18\x0b \x03(\x02\x12\x11\n\tfreeze_bn\x18\x0c \x01(\x08\x12\x12\n\nforce_relu\x18\r \x01(\x08\"\x81\x03\n\x12\x41ugmentationConfig\x12\x0b\n\x03hue\x18\x01 \x01(\x02\x12\x12\n\nsaturation\x18\x02 \x01(\x02\x12\x10\n\x08\x65xposure\x18\x03 \x01(\x02\x12\x15\n\rvertical_flip\x18\x04 \x01(\x02\x12\x17\n\x0fhorizontal_flip\x18\x05 \x01(\x02\x12\x0e\n\x06jitter\x18\x06 \x01(\x02\x12\x14\n\x0coutput_width\x18\x07 \x01(\x05\x12\x15\n\routput_height\x18\x08 \x01(\x05\x12\x16\n\x0eoutput_channel\x18\t \x01(\x05\x12\x14\n\x0coutput_depth\x18\x0c \x01(\r\x12$\n\x1crandomize_input_shape_period\x18\n \x01(\x05\x12\x45\n\nimage_mean\x18\x0b \x03(\x0b\x32\x31.taoctl.yolo_v3.AugmentationConfig.ImageMeanEntry\x1a\x30\n\x0eImageMeanEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xa5\x01\n\x10YOLOv3DataSource\x12\x1e\n\x14label_directory_path\x18\x01 \x01(\tH\x00\x12\x18\n\x0etfrecords_path\x18\x02 \x01(\tH\x00\x12\x1c\n\x14image_directory_path\x18\x03 \x01(\t\x12\x11\n\troot_path\x18\x04 \x01(\t\x12\x15\n\rsource_weight\x18\x05 \x01(\x02\x42\x0f\n\rlabels_format\"\xa4\x03\n\x13YOLOv3DatasetConfig\x12\x36\n\x0c\x64\x61ta_sources\x18\x01 \x03(\x0b\x32 .taoctl.yolo_v3.YOLOv3DataSource\x12Y\n\x14target_class_mapping\x18\x02 \x03(\x0b\x32;.taoctl.yolo_v3.YOLOv3DatasetConfig.TargetClassMappingEntry\x12\x17\n\x0fvalidation_fold\x18\x04 \x01(\r\x12\x41\n\x17validation_data_sources\x18\x03 \x03(\x0b\x32 .taoctl.yolo_v3.YOLOv3DataSource\x12%\n\x1dinclude_difficult_in_training\x18\x07 \x01(\x08\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x17\n\x0fimage_extension\x18\x06 \x01(\t\x12\x15\n\ris_monochrome\x18\x08 \x01(\x08\x1a\x39\n\x17TargetClassMappingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xed\x02\n\nExperiment\x12;\n\x0e\x64\x61taset_config\x18\x01 \x01(\x0b\x32#.taoctl.yolo_v3.YOLOv3DatasetConfig\x12?\n\x13\x61ugmentation_config\x18\x02 \x01(\x0b\x32\".taoctl.yolo_v3.AugmentationConfig\x12\x37\n\x0ftraining_config\x18\x03 \x01(\x0b\x32\x1e.taoctl.yolo_v3.TrainingConfig\x12/\n\x0b\x65val_config\x18\x04 \x01(\x0b\x32\x1a.taoctl.yolo_v3.EvalConfig\x12-\n\nnms_config\x18\x05 \x01(\x0b\x32\x19.taoctl.yolo_v3.NMSConfig\x12\x33\n\ryolov3_config\x18\x06 \x01(\x0b\x32\x1c.taoctl.yolo_v3.YOLOv3Config\x12\x13\n\x0brandom_seed\x18\x07 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+taoctl/tasks/yolo_v3/proto/experiment.proto\x12\x0etaoctl.yolo_v3\x1a\x33taoctl/tasks/common/proto/cost_scaling_config.proto\x1a+taoctl/tasks/common/proto/eval_config.proto\x1a\x34taoctl/tasks/common/proto/learning_rate_config.proto\x1a*taoctl/tasks/common/proto/nms_config.proto\x1a\x30taoctl/tasks/common/proto/optimizer_config.proto\x1a\x32taoctl/tasks/common/proto/regularizer_config.proto\x1a\x31taoctl/tasks/common/proto/visualizer_config.proto\"\xb1\x04\n\x0eTrainingConfig\x12\x1a\n\x12\x62\x61tch_size_per_gpu\x18\x01 \x01(\r\x12\x12\n\nnum_epochs\x18\x02 \x01(\r\x12\x38\n\rlearning_rate\x18\x03 \x01(\x0b\x32!.taoctl.common.LearningRateConfig\x12\x35\n\x0bregularizer\x18\x04 \x01(\x0b\x32 .taoctl.common.RegularizerConfig\x12\x31\n\toptimizer\x18\x05 \x01(\x0b\x32\x1e.taoctl.common.OptimizerConfig\x12\x36\n\x0c\x63ost_scaling\x18\x06 \x01(\x0b\x32 .taoctl.common.CostScalingConfig\x12\x1b\n\x13\x63heckpoint_interval\x18\x07 \x01(\r\x12\x12\n\nenable_qat\x18\x08 \x01(\x08\x12\x1b\n\x11resume_model_path\x18\t \x01(\tH\x00\x12\x1d\n\x13pretrain_model_path\x18\n \x01(\tH\x00\x12\x1b\n\x11pruned_model_path\x18\x0b \x01(\tH\x00\x12\x16\n\x0emax_queue_size\x18\x0c \x01(\r\x12\x11\n\tn_workers\x18\r \x01(\r\x12\x1b\n\x13use_multiprocessing\x18\x0e \x01(\x08\x12\x33\n\nvisualizer\x18\x0f \x01(\x0b\x32\x1f.taoctl.common.VisualizerConfigB\x0c\n\nload_model\"\xca\x02\n\x0cYOLOv3Config\x12\x18\n\x10\x62ig_anchor_shape\x18\x01 \x01(\t\x12\x18\n\x10mid_anchor_shape\x18\x02 \x01(\t\x12\x1a\n\x12small_anchor_shape\x18\x03 \x01(\t\x12 \n\x18matching_neutral_box_iou\x18\x04 \x01(\x02\x12\x0c\n\x04\x61rch\x18\x05 \x01(\t\x12\x0f\n\x07nlayers\x18\x06 \x01(\r\x12\x18\n\x10\x61rch_conv_blocks\x18\x07 \x01(\r\x12\x17\n\x0floss_loc_weight\x18\x08 \x01(\x02\x12\x1c\n\x14loss_neg_obj_weights\x18\t \x01(\x02\x12\x1a\n\x12loss_class_weights\x18\n \x01(\x02\x12\x15\n\rfreeze_blocks\x18\x0b \x03(\x02\x12\x11\n\tfreeze_bn\x18\x0c \x01(\x08\x12\x12\n\nforce_relu\x18\r \x01(\x08\"\x81\x03\n\x12\x41ugmentationConfig\x12\x0b\n\x03hue\x18\x01 \x01(\x02\x12\x12\n\nsaturation\x18\x02 \x01(\x02\x12\x10\n\x08\x65xposure\x18\x03 \x01(\x02\x12\x15\n\rvertical_flip\x18\x04 \x01(\x02\x12\x17\n\x0fhorizontal_flip\x18\x05 \x01(\x02\x12\x0e\n\x06jitter\x18\x06 \x01(\x02\x12\x14\n\x0coutput_width\x18\x07 \x01(\x05\x12\x15\n\routput_height\x18\x08 \x01(\x05\x12\x16\n\x0eoutput_channel\x18\t \x01(\x05\x12\x14\n\x0coutput_depth\x18\x0c \x01(\r\x12$\n\x1crandomize_input_shape_period\x18\n \x01(\x05\x12\x45\n\nimage_mean\x18\x0b \x03(\x0b\x32\x31.taoctl.yolo_v3.AugmentationConfig.ImageMeanEntry\x1a\x30\n\x0eImageMeanEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xa5\x01\n\x10YOLOv3DataSource\x12\x1e\n\x14label_directory_path\x18\x01 \x01(\tH\x00\x12\x18\n\x0etfrecords_path\x18\x02 \x01(\tH\x00\x12\x1c\n\x14image_directory_path\x18\x03 \x01(\t\x12\x11\n\troot_path\x18\x04 \x01(\t\x12\x15\n\rsource_weight\x18\x05 \x01(\x02\x42\x0f\n\rlabels_format\"\xa4\x03\n\x13YOLOv3DatasetConfig\x12\x36\n\x0c\x64\x61ta_sources\x18\x01 \x03(\x0b\x32 .taoctl.yolo_v3.YOLOv3DataSource\x12Y\n\x14target_class_mapping\x18\x02 \x03(\x0b\x32;.taoctl.yolo_v3.YOLOv3DatasetConfig.TargetClassMappingEntry\x12\x17\n\x0fvalidation_fold\x18\x04 \x01(\r\x12\x41\n\x17validation_data_sources\x18\x03 \x03(\x0b\x32 .taoctl.yolo_v3.YOLOv3DataSource\x12%\n\x1dinclude_difficult_in_training\x18\x07 \x01(\x08\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x17\n\x0fimage_extension\x18\x06 \x01(\t\x12\x15\n\ris_monochrome\x18\x08 \x01(\x08\x1a\x39\n\x17TargetClassMappingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xeb\x02\n\nExperiment\x12;\n\x0e\x64\x61taset_config\x18\x01 \x01(\x0b\x32#.taoctl.yolo_v3.YOLOv3DatasetConfig\x12?\n\x13\x61ugmentation_config\x18\x02 \x01(\x0b\x32\".taoctl.yolo_v3.AugmentationConfig\x12\x37\n\x0ftraining_config\x18\x03 \x01(\x0b\x32\x1e.taoctl.yolo_v3.TrainingConfig\x12.\n\x0b\x65val_config\x18\x04 \x01(\x0b\x32\x19.taoctl.common.EvalConfig\x12,\n\nnms_config\x18\x05 \x01(\x0b\x32\x18.taoctl.common.NMSConfig\x12\x33\n\ryolov3_config\x18\x06 \x01(\x0b\x32\x1c.taoctl.yolo_v3.YOLOv3Config\x12\x13\n\x0brandom_seed\x18\x07 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,48 +42,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUGMENTATIONCONFIG_IMAGEMEANENTRY']._serialized_options = b'8\001'
   _globals['_YOLOV3DATASETCONFIG_TARGETCLASSMAPPINGENTRY']._loaded_options = None
   _globals['_YOLOV3DATASETCONFIG_TARGETCLASSMAPPINGENTRY']._serialized_options = b'8\001'
-  _globals['_COSTSCALINGCONFIG']._serialized_start=115
-  _globals['_COSTSCALINGCONFIG']._serialized_end=215
-  _globals['_SOFTSTARTANNEALINGSCHEDULECONFIG']._serialized_start=217
-  _globals['_SOFTSTARTANNEALINGSCHEDULECONFIG']._serialized_end=344
-  _globals['_SOFTSTARTCOSINEANNEALINGSCHEDULECONFIG']._serialized_start=346
-  _globals['_SOFTSTARTCOSINEANNEALINGSCHEDULECONFIG']._serialized_end=460
-  _globals['_LEARNINGRATECONFIG']._serialized_start=463
-  _globals['_LEARNINGRATECONFIG']._serialized_end=695
-  _globals['_SGDOPTIMIZERCONFIG']._serialized_start=697
-  _globals['_SGDOPTIMIZERCONFIG']._serialized_end=753
-  _globals['_ADAMOPTIMIZERCONFIG']._serialized_start=755
-  _globals['_ADAMOPTIMIZERCONFIG']._serialized_end=840
-  _globals['_RMSPROPOPTIMIZERCONFIG']._serialized_start=842
-  _globals['_RMSPROPOPTIMIZERCONFIG']._serialized_end=932
-  _globals['_OPTIMIZERCONFIG']._serialized_start=935
-  _globals['_OPTIMIZERCONFIG']._serialized_end=1128
-  _globals['_REGULARIZERCONFIG']._serialized_start=1131
-  _globals['_REGULARIZERCONFIG']._serialized_end=1284
-  _globals['_REGULARIZERCONFIG_REGULARIZATIONTYPE']._serialized_start=1236
-  _globals['_REGULARIZERCONFIG_REGULARIZATIONTYPE']._serialized_end=1284
-  _globals['_VISUALIZERCONFIG']._serialized_start=1287
-  _globals['_VISUALIZERCONFIG']._serialized_end=1473
-  _globals['_TRAININGCONFIG']._serialized_start=1476
-  _globals['_TRAININGCONFIG']._serialized_end=2042
-  _globals['_EVALCONFIG']._serialized_start=2045
-  _globals['_EVALCONFIG']._serialized_end=2243
-  _globals['_EVALCONFIG_AP_MODE']._serialized_start=2207
-  _globals['_EVALCONFIG_AP_MODE']._serialized_end=2243
-  _globals['_NMSCONFIG']._serialized_start=2246
-  _globals['_NMSCONFIG']._serialized_end=2388
-  _globals['_YOLOV3CONFIG']._serialized_start=2391
-  _globals['_YOLOV3CONFIG']._serialized_end=2721
-  _globals['_AUGMENTATIONCONFIG']._serialized_start=2724
-  _globals['_AUGMENTATIONCONFIG']._serialized_end=3109
-  _globals['_AUGMENTATIONCONFIG_IMAGEMEANENTRY']._serialized_start=3061
-  _globals['_AUGMENTATIONCONFIG_IMAGEMEANENTRY']._serialized_end=3109
-  _globals['_YOLOV3DATASOURCE']._serialized_start=3112
-  _globals['_YOLOV3DATASOURCE']._serialized_end=3277
-  _globals['_YOLOV3DATASETCONFIG']._serialized_start=3280
-  _globals['_YOLOV3DATASETCONFIG']._serialized_end=3700
-  _globals['_YOLOV3DATASETCONFIG_TARGETCLASSMAPPINGENTRY']._serialized_start=3643
-  _globals['_YOLOV3DATASETCONFIG_TARGETCLASSMAPPINGENTRY']._serialized_end=3700
-  _globals['_EXPERIMENT']._serialized_start=3703
-  _globals['_EXPERIMENT']._serialized_end=4068
+  _globals['_TRAININGCONFIG']._serialized_start=413
+  _globals['_TRAININGCONFIG']._serialized_end=974
+  _globals['_YOLOV3CONFIG']._serialized_start=977
+  _globals['_YOLOV3CONFIG']._serialized_end=1307
+  _globals['_AUGMENTATIONCONFIG']._serialized_start=1310
+  _globals['_AUGMENTATIONCONFIG']._serialized_end=1695
+  _globals['_AUGMENTATIONCONFIG_IMAGEMEANENTRY']._serialized_start=1647
+  _globals['_AUGMENTATIONCONFIG_IMAGEMEANENTRY']._serialized_end=1695
+  _globals['_YOLOV3DATASOURCE']._serialized_start=1698
+  _globals['_YOLOV3DATASOURCE']._serialized_end=1863
+  _globals['_YOLOV3DATASETCONFIG']._serialized_start=1866
+  _globals['_YOLOV3DATASETCONFIG']._serialized_end=2286
+  _globals['_YOLOV3DATASETCONFIG_TARGETCLASSMAPPINGENTRY']._serialized_start=2229
+  _globals['_YOLOV3DATASETCONFIG_TARGETCLASSMAPPINGENTRY']._serialized_end=2286
+  _globals['_EXPERIMENT']._serialized_start=2289
+  _globals['_EXPERIMENT']._serialized_end=2652
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,147 @@
+"""Every subtask's flags, declared once (click, no torch at import).
+
+TAO declares one export app and one prune app for all its TF1 networks, and its entrypoint adds
+the same device/logging flags to every subtask; so does taoctl. A task's subtask module is a
+thin declaration:
+
+    command = subtask_command("export", "taoctl.tasks.classification.task:TASK", __doc__,
+                              options=[click.option("--classmap_json", ...)])
+
+``options`` are the flags that are the task's own (classification's ``-cm``); the runner
+(``engine/runners.py``, imported only when the command runs, so ``--help`` stays fast) gets
+every flag by name in ``Run.flags``. Trailing ``key=value`` arguments are spec overrides.
+"""
+
+from __future__ import annotations
+
+import click
+
+from taoctl.engine.cli import CONTEXT_SETTINGS, MultiValueOption, common_options, key_option, spec_option
+
+
+def _spec(required: bool):
+    return spec_option(required=required, names=("-e", "--experiment_spec_file", "--experiment_spec",
+                                                  "--experiment_spec_path"))
+
+
+def _results_dir(required: bool = False, short: bool = True):
+    names = ("-r", "--results_dir") if short else ("--results_dir",)
+    return click.option(*names, required=required, type=click.Path(file_okay=False),
+                        help="Folder for outputs, logs and status.json.")
+
+
+_STRICT = click.option("--strict", is_flag=True, help="Fail on unreadable inputs instead of skipping them.")
+
+TRAIN = [
+    _spec(True), _results_dir(required=True), key_option(),
+    click.option("--init_epoch", type=int, default=1, show_default=True, help="Epoch to start from (resume)."),
+    _STRICT,
+    click.option("--force", is_flag=True, help="Start over in a results dir that holds a run of another spec."),
+]
+
+EVALUATE = [
+    _spec(True),
+    click.option("-m", "--model_path", default=None, help="Model (model file or exported .onnx)."),
+    key_option(), _results_dir(),
+    click.option("-b", "--batch_size", type=int, default=None, help="Batch size (default: the spec's)."),
+    _STRICT,
+]
+
+INFERENCE = [
+    click.option("-m", "--model_path", required=True, help="Model (model file or exported .onnx)."),
+    key_option(), _spec(True),
+    click.option("-b", "--batch_size", type=int, default=1, show_default=True),
+    _results_dir(),
+]
+
+# TAO's prune app (the same for every TF1 network), plus taoctl's extensions.
+PRUNE = [
+    click.option("-m", "--model", "model_path", required=True, help="Trained model file."),
+    click.option("-o", "--output_file", required=True, help="Pruned model file to write."),
+    _spec(False), key_option(),
+    click.option("-n", "--normalizer", type=click.Choice(["max", "L2"]), default="max", show_default=True,
+                 help="Normalise each layer's filter norms by their max or by their L2 norm."),
+    click.option("-eq", "--equalization_criterion", default="union", show_default=True,
+                 type=click.Choice(["union", "intersection", "arithmetic_mean", "geometric_mean"]),
+                 help="How layers tied by element-wise ops combine their scores."),
+    click.option("-pg", "--pruning_granularity", type=int, default=8, show_default=True,
+                 help="Kept channels are a multiple of this."),
+    click.option("-pth", "--pruning_threshold", type=float, default=0.1, show_default=True,
+                 help="Filters whose normalised norm is at or below this are removed."),
+    click.option("-nf", "--min_num_filters", type=int, default=16, show_default=True,
+                 help="Minimum filters per layer."),
+    click.option("-el", "--excluded_layers", cls=MultiValueOption, default=(),
+                 help="Layers (or module prefixes such as features.1) never pruned."),
+    click.option("--criterion", type=click.Choice(["L2", "L2_bn"]), default="L2", show_default=True,
+                 help="Filter importance: L2 = the kernel's L2 norm (TAO); L2_bn = the norm after folding the "
+                      "following BatchNorm's scale in, what the deployed layer computes (taoctl extension)."),
+    click.option("--cal_image_dir", default=None,
+                 help="Images (searched recursively) on which every layer fed by pruned channels is refit by "
+                      "least squares to reproduce the unpruned model's outputs (taoctl extension)."),
+    click.option("--cal_images", type=int, default=256, show_default=True,
+                 help="At most this many --cal_image_dir images are used."),
+    _results_dir(short=False),
+]
+
+# TAO's export app (nvidia_tao_tf1/cv/common/export/app.py), the same for every network.
+EXPORT = [
+    click.option("-m", "--model", "model_path", required=True, help="Trained model file."),
+    click.option("-o", "--output_file", default=None, help="Output .onnx (default: the model's name with .onnx)."),
+    key_option(), _spec(False),
+    click.option("--data_type", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True),
+    click.option("--cal_image_dir", default=None, help="Images to calibrate INT8 on (searched recursively)."),
+    click.option("--cal_data_file", default=None,
+                 help="Calibration inputs (.npy): read when it exists and no --cal_image_dir is given, else written."),
+    click.option("--cal_cache_file", default=None, help="TensorRT calibration cache (default <output>.cal.bin)."),
+    click.option("--batches", type=int, default=10, show_default=True, help="Calibration batches."),
+    click.option("--batch_size", type=int, default=8, show_default=True, help="Calibration batch size."),
+    click.option("--max_batch_size", type=int, default=16, show_default=True, help="TensorRT engine's largest batch."),
+    click.option("--max_workspace_size", type=int, default=None,
+                 help="Accepted for TAO compatibility (TensorRT picks)."),
+    click.option("--engine_file", default=None, help="Build a TensorRT engine here (needs tensorrt)."),
+    click.option("--gen_ds_config", is_flag=True, help="Write DeepStream nvinfer_config.txt and labels.txt."),
+    click.option("--target_opset", type=int, default=None, help="ONNX opset (default: the exporter's)."),
+    click.option("--cal_method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+                 show_default=True, help="INT8 calibration method."),
+    _STRICT,
+]
+
+CALIBRATION_TENSORFILE = [
+    click.option("-o", "--output", "--output_path", "output", required=True, help="Calibration file to write (.npy)."),
+    _spec(True),
+    click.option("-m", "--max_batches", type=int, default=1, show_default=True, help="Batches of batch_size_per_gpu."),
+    click.option("--use_validation_set", is_flag=True, help="Sample the validation set instead of the training set."),
+    _STRICT,
+]
+
+FLAGS = {"train": TRAIN, "evaluate": EVALUATE, "inference": INFERENCE, "prune": PRUNE, "export": EXPORT,
+         "calibration_tensorfile": CALIBRATION_TENSORFILE}
+
+
+def subtask_command(subtask: str, task_ref: str, help: str, options=()) -> click.Command:
+    """The click command of ``subtask`` for the task ``task_ref`` names (``module:attribute``).
+
+    ``options``: the task's own flags, added after the shared ones (a task flag with the
+    name of a shared one replaces it, e.g. inference's ``-i`` means an image or a folder).
+    """
+
+    def callback(**flags):
+        from taoctl.engine.runners import run_subtask
+
+        return run_subtask(subtask, task_ref, flags)
+
+    own = list(options)
+    own_names = {name for decorator in own for name in _option_names(decorator)}
+    shared = [d for d in FLAGS[subtask] if not own_names & set(_option_names(d))]
+    command = callback
+    for decorator in reversed(shared + own):
+        command = decorator(command)
+    command = common_options(command)
+    command = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")(command)
+    return click.command(context_settings=CONTEXT_SETTINGS, help=help)(command)
+
+
+def _option_names(decorator) -> tuple[str, ...]:
+    """The flag names a click.option decorator declares (applied to a throwaway function to read them)."""
+    probe = decorator(lambda: None)
+    return tuple(name for param in probe.__click_params__ for name in param.opts)

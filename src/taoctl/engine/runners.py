@@ -1,0 +1,370 @@
+"""The runners: every subtask's set-up done once, for any task (the task contract: ``engine/task.py``).
+
+``run_subtask`` is what every subtask command calls (``engine/commands.py``). It resolves the
+task, checks the flags' ranges, copies the console into ``--log_file``, loads the spec with
+its overrides, answers ``--dry-run``, writes ``status.json`` (STARTED, then SUCCESS or FAILURE
+with its message) for subtasks given a results dir, picks the device, and runs the subtask:
+
+* train: results dir, seeds, DDP, data, model, optimizer, the trainer with its hooks;
+* evaluate / inference: a predictor over a model file or an exported ``.onnx``;
+* prune: the engine's channel pruning with the model's heads kept whole, optional refit;
+* export: the engine's one exporter over the task's export adapter;
+* calibration_tensorfile: real model inputs sampled into one ``.npy``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from taoctl.engine import distributed, optim
+from taoctl.engine.cli import echo, finish_dry_run
+from taoctl.engine.task import Run, Task, resolve
+from taoctl.errors import TaoctlError
+
+# Real inputs the exported model is checked on against PyTorch.
+CHECK_SAMPLES = 16
+
+# Flags whose value must be at least 1 (a 0 or negative one crashed deep inside, or silently did nothing).
+_AT_LEAST_ONE = ("gpus", "batch_size", "batches", "max_batches", "max_batch_size", "cal_images", "init_epoch",
+                 "pruning_granularity", "num_nodes")
+_FLAG_NAMES = {"gpus": "--gpus", "batch_size": "--batch_size", "batches": "--batches", "max_batches": "--max_batches",
+               "max_batch_size": "--max_batch_size", "cal_images": "--cal_images", "init_epoch": "--init_epoch",
+               "pruning_granularity": "--pruning_granularity", "num_nodes": "--num_nodes",
+               "pruning_threshold": "--pruning_threshold", "min_num_filters": "--min_num_filters"}
+
+
+def check_flag_ranges(flags: dict) -> None:
+    """One line naming the flag and its allowed range for a value no subtask can use."""
+    for name in _AT_LEAST_ONE:
+        value = flags.get(name)
+        if value is not None and value < 1:
+            raise TaoctlError(f"{_FLAG_NAMES[name]} must be >= 1, got {value}")
+    threshold = flags.get("pruning_threshold")
+    if threshold is not None and not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise TaoctlError(f"--pruning_threshold must be a number in [0, 1], got {threshold}")
+    filters = flags.get("min_num_filters")
+    if filters is not None and filters < 0:
+        raise TaoctlError(f"--min_num_filters must be >= 0, got {filters}")
+
+
+def run_subtask(subtask: str, task_ref: str, flags: dict) -> int:
+    from taoctl.engine.spec import parse_overrides
+
+    task = resolve(task_ref)
+    check_flag_ranges(flags)
+    overrides = parse_overrides(flags.pop("overrides", ()) or ())
+    results_dir = flags.get("results_dir")
+    if results_dir is not None and not str(results_dir).strip():
+        raise TaoctlError('-r/--results_dir is empty: name a folder')
+    run = Run(subtask=subtask, flags=flags, spec_path=flags.get("experiment_spec"),
+              results_dir=Path(results_dir) if results_dir else None, dist=distributed.current())
+    main = run.dist.is_main and int(os.environ.get("RANK", "0")) == 0
+    with tee_output(flags.get("log_file") if main else None):
+        if run.spec_path:
+            run.spec = task.load_spec(run.spec_path, task.required_spec(subtask, flags), overrides)
+        elif overrides:
+            raise TaoctlError(f"spec overrides ({overrides[0]} ...) need a spec file: pass -e")
+        if flags.get("dry_run"):
+            return _dry_run(task, run)
+        if subtask == "train":  # the trainer writes status.json itself, epoch by epoch
+            return _RUNNERS[subtask](task, run)
+        with _subtask_status(run, main):
+            return _RUNNERS[subtask](task, run)
+
+
+@contextlib.contextmanager
+def tee_output(log_file: str | os.PathLike | None):
+    """Copy stdout and stderr into ``log_file`` (``--log_file``) while the block runs, its error line included."""
+    if not log_file:
+        yield
+        return
+
+    class Tee(io.TextIOBase):
+        def __init__(self, stream, handle):
+            self.stream, self.handle = stream, handle
+
+        def write(self, text):
+            self.handle.write(text)
+            return self.stream.write(text)
+
+        def flush(self):
+            self.handle.flush()
+            self.stream.flush()
+
+        def isatty(self):
+            return self.stream.isatty()
+
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as handle:
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = Tee(sys.stdout, handle), Tee(sys.stderr, handle)
+        try:
+            yield
+        except TaoctlError as exc:  # the console gets this line from run_command, after the block
+            handle.write(f"taoctl: {exc}\n")
+            raise
+        except Exception as exc:
+            handle.write(f"taoctl: internal error: {type(exc).__name__}: {exc}\n")
+            raise
+        finally:
+            sys.stdout, sys.stderr = saved
+
+
+def _dry_run(task: Task, run: Run) -> int:
+    echo(f"plan: {task.name} {run.subtask}" + (f" with {run.spec_path}" if run.spec_path else ""))
+    paths = task.dry_run_paths(run)
+    if run.spec is None:
+        missing = [f"{flag}: {path} does not exist" for flag, path in paths.items()
+                   if path and not os.path.exists(path)]
+        if missing:
+            raise TaoctlError("dry run: " + "; ".join(missing))
+        echo("Dry run OK: every path the flags name exists.")
+        return 0
+    fields = None if run.subtask == "train" else ()
+    return finish_dry_run(run.spec_path, run.spec, task.spec.KINDS[task.spec_kind], paths, fields=fields)
+
+
+@contextlib.contextmanager
+def _subtask_status(run: Run, main: bool):
+    """status.json lines for a subtask other than train, as TAO writes them, when it has a results dir."""
+    if run.results_dir is None or not main:
+        yield
+        return
+    from taoctl.engine.trainer import StatusHook
+
+    run.results_dir.mkdir(parents=True, exist_ok=True)
+    status = StatusHook(run.results_dir / "status.json")
+    status.write("STARTED", f"Starting {run.subtask}.")
+    try:
+        yield
+    except KeyboardInterrupt:
+        status.write("FAILURE", f"{run.subtask.capitalize()} interrupted.")
+        raise
+    except BaseException as exc:
+        status.write("FAILURE", f"{run.subtask.capitalize()} failed: {exc}")
+        raise
+    status.write("SUCCESS", f"{run.subtask.capitalize()} finished successfully.")
+
+
+def _inference_device(run: Run):
+    from taoctl.engine.device import select_device
+
+    return select_device(run.flag("gpus", 1), run.flags.get("gpu_index"), bool(run.flags.get("use_amp")))
+
+
+# --------------------------------------------------------------------------- train
+def run_train(task: Task, run: Run) -> int:
+    from taoctl.engine.trainer import EvalHook, Trainer, prepare_results_dir, seed_everything
+
+    spec_text = Path(run.spec_path).read_text()
+    run.dist = distributed.init_distributed()
+    run.device = task.training_device(run)
+    if run.dist.is_main:
+        prepare_results_dir(run.results_dir, spec_text, bool(run.flags.get("force")), task=task.name)
+    distributed.barrier()
+    seed = task.seed(run)
+    seed_everything(seed + run.dist.rank)
+    data = task.train_data(run)
+    model = task.build_model(run, data)
+    optimization = task.optimization(run, len(data.loader))
+    optimizer = optim.build_optimizer(model, optimization.optimizer, optimization.regularizer,
+                                      optimization.schedule.base_lr)
+    scheduler = optim.build_scheduler(optimizer, optimization.schedule, optimization.optimizer.decay)
+    step = task.training_step(run, model, data)
+    if optimization.regularizer.kind == "L1":
+        step = _regularized(step, optimization.regularizer, model)
+    manifest = task.manifest(run, data, spec_text)
+    hooks = list(task.train_hooks(run, data))
+    validation = task.validation(run, data)
+    if validation is not None:
+        hooks.append(EvalHook(_validate(task, run, validation.evaluator, manifest), period=validation.period,
+                              first_epoch=validation.first_epoch, best_metric=validation.best_metric,
+                              mode=validation.mode))
+    trainer = Trainer(model, optimizer, data.loader, step, run.results_dir, task.epochs(run), task.model_name(run),
+                      manifest, key=run.key, scheduler=scheduler, checkpoint_interval=task.checkpoint_interval(run),
+                      device=run.device, amp=bool(run.flags.get("use_amp")), seed=seed,
+                      init_epoch=run.flag("init_epoch", 1), hooks=hooks, **task.trainer_options(run))
+    trainer.train()
+    if run.dist.is_main:
+        task.after_training(run, trainer)
+    return 0
+
+
+def _validate(task: Task, run: Run, evaluator, manifest: dict):
+    """Training's validation: the evaluate subtask's evaluator, on the live model as it would be exported."""
+    from taoctl.engine.task import TorchPredictor
+
+    def evaluate(model):
+        deployed = task.export_adapter(run, model, manifest).module
+        predictor = TorchPredictor(deployed, task.preprocess(manifest), manifest, "the model in training", run.device,
+                                   run.use_amp)
+        return evaluator.summary(evaluator.run(predictor))
+
+    return evaluate
+
+
+def _regularized(step, regularizer, model):
+    """The task's step plus the regularizer's loss term (L1; L2 is the optimizer's weight decay)."""
+
+    def regularized_step(net, batch):
+        loss, logs = step(net, batch)
+        return loss + optim.regularization_loss(model, regularizer, loss.device), logs
+
+    return regularized_step
+
+
+# --------------------------------------------------------------------------- evaluate / inference
+def run_evaluate(task: Task, run: Run) -> int:
+    model_path = run.flags.get("model_path") or task.default_model_path(run)
+    if not model_path:
+        raise TaoctlError(f"no model to evaluate: pass -m{task.model_path_hint(run)}")
+    run.flags["model_path"] = model_path
+    run.device = _inference_device(run)
+    predictor = task.predictor(run, model_path)
+    out_dir = run.results_dir or Path(model_path).resolve().parent
+    evaluator = task.evaluator(run, predictor.manifest)
+    report = evaluator.run(predictor)
+    evaluator.write(report, out_dir)
+    return 0
+
+
+def run_inference(task: Task, run: Run) -> int:
+    run.device = _inference_device(run)
+    predictor = task.predictor(run, run.flags["model_path"])
+    task.infer(run, predictor)
+    return 0
+
+
+# --------------------------------------------------------------------------- prune
+def run_prune(task: Task, run: Run) -> int:
+    import torch
+
+    from taoctl.engine import modelfile
+    from taoctl.engine.pruning import prune_model, reconstruct
+
+    model_path, output = run.flags["model_path"], run.flags["output_file"]
+    model, manifest = task.load_model(model_path, run.key)
+    folder = run.flags.get("cal_image_dir")
+    task.check_prune_flags(run)
+    calibration = None
+    if folder:
+        raw = task.sample_inputs(run, manifest, folder, run.flags["cal_images"])
+        calibration = torch.from_numpy(task.preprocess(manifest)(raw))
+    original = copy.deepcopy(model) if calibration is not None else None
+    shape = tuple(manifest["input_shape"])
+    report = prune_model(model, shape, threshold=run.flags["pruning_threshold"], normalizer=run.flags["normalizer"],
+                         equalization=run.flags["equalization_criterion"],
+                         granularity=run.flags["pruning_granularity"], min_filters=run.flags["min_num_filters"],
+                         excluded=list(run.flags.get("excluded_layers") or ()),
+                         output_layers=list(getattr(model, "head_names", ()) or ()) or None,
+                         criterion=run.flags["criterion"])
+    if run.flags.get("verbose"):
+        for name, before, after in report.layers:
+            echo(f"  {name}: {before} -> {after} channels")
+    echo(f"Pruned {len(report.layers)} layer groups: {pruned_sizes(report)}")
+    if calibration is not None:
+        refit = reconstruct(original, model, calibration, report.kept_outputs,
+                            log=echo if run.flags.get("verbose") else None)
+        echo(f"Refit {len(refit)} layers on {len(calibration)} images from {folder}")
+    record = task.after_prune(run, model, manifest, report, calibration)
+    kept = {k: v for k, v in manifest.items()
+            if k not in ("layers", "format", "format_version", "taoctl_version", "epoch", "metrics")}
+    kept["pruning"] = {"source": str(model_path), "threshold": run.flags["pruning_threshold"],
+                       "normalizer": run.flags["normalizer"],
+                       "equalization_criterion": run.flags["equalization_criterion"],
+                       "criterion": run.flags["criterion"], "granularity": run.flags["pruning_granularity"],
+                       "min_num_filters": run.flags["min_num_filters"],
+                       "excluded_layers": list(run.flags.get("excluded_layers") or ()),
+                       "calibration_images": len(calibration) if calibration is not None else 0,
+                       **(record or {}),
+                       "params_before": report.params_before, "params_after": report.params_after,
+                       "macs_before": report.macs_before, "macs_after": report.macs_after}
+    modelfile.save_model(output, model, kept, key=run.key)
+    echo(f"Wrote {output}")
+    return 0
+
+
+def pruned_sizes(report) -> str:
+    return (f"parameters {report.params_before:,} -> {report.params_after:,} ({report.param_ratio * 100:.1f} %), "
+            f"MACs {report.macs_before:,} -> {report.macs_after:,} "
+            f"({report.macs_after / max(report.macs_before, 1) * 100:.1f} %)")
+
+
+# --------------------------------------------------------------------------- export
+def run_export(task: Task, run: Run) -> int:
+    from taoctl.engine import export
+
+    model_path = run.flags["model_path"]
+    output = Path(run.flags.get("output_file") or Path(model_path).with_suffix(".onnx"))
+    model, manifest = task.load_model(model_path, run.key)
+    adapter = task.export_adapter(run, model, manifest)
+    sample, sample_desc, calibration = _export_inputs(task, run, manifest, adapter)
+    export.export_model(adapter, output, sample, sample_desc=sample_desc, data_type=run.flags["data_type"],
+                        opset=run.flags.get("target_opset"), calibration=calibration,
+                        cal_cache=run.flags.get("cal_cache_file"), cal_method=run.flags["cal_method"],
+                        engine_file=run.flags.get("engine_file"), max_batch_size=run.flags["max_batch_size"],
+                        gen_ds_config=bool(run.flags.get("gen_ds_config")))
+    task.after_export(run, manifest, output)
+    return 0
+
+
+def _export_inputs(task: Task, run: Run, manifest: dict, adapter):
+    """Real inputs to check the export on, and INT8 calibration batches, by the adapter's input name.
+
+    As in TAO, an existing --cal_data_file stands in for the images unless --cal_image_dir is given;
+    with --cal_image_dir (or the spec's data) the sampled inputs are written to --cal_data_file.
+    """
+    from taoctl.engine.calibration import read_calibration_file, write_calibration_file
+
+    int8 = run.flags["data_type"] == "int8"
+    count = run.flags["batches"] * run.flags["batch_size"] if int8 else CHECK_SAMPLES
+    cal_file, folder = run.flags.get("cal_data_file"), run.flags.get("cal_image_dir")
+    if cal_file and not folder and os.path.exists(cal_file):
+        raw = read_calibration_file(cal_file, tuple(manifest["input_shape"]))
+        echo(f"Read {len(raw)} calibration images from {cal_file}")
+    else:
+        folder = folder or task.default_sample_folder(run)
+        raw = task.sample_inputs(run, manifest, folder, count) if folder else None
+        if raw is not None and int8 and cal_file:
+            write_calibration_file(cal_file, raw)
+    name = adapter.input_names[0]
+    preprocess = task.preprocess(manifest)
+    if raw is None:
+        if int8:
+            raise TaoctlError("INT8 calibration needs images: pass --cal_image_dir, --cal_data_file or -e with "
+                              "dataset paths")
+        echo("Warning: no images found (pass -e or --cal_image_dir) to check the export on; using random input")
+        shape = tuple(manifest["input_shape"])
+        return {name: np.random.default_rng(0).standard_normal((4, *shape), dtype=np.float32)}, "random input", None
+    def named(batch):
+        model_inputs = preprocess(batch)
+        return model_inputs if isinstance(model_inputs, dict) else {name: model_inputs}
+
+    raw = raw[:count]
+    sample = named(raw[:CHECK_SAMPLES])
+    calibration = None
+    if int8:
+        size = run.flags["batch_size"]
+        calibration = [named(raw[i:i + size]) for i in range(0, len(raw), size)]
+    return sample, f"{len(raw[:CHECK_SAMPLES])} real {adapter.items}", calibration
+
+
+# --------------------------------------------------------------------------- calibration_tensorfile
+def run_calibration_tensorfile(task: Task, run: Run) -> int:
+    from taoctl.engine.calibration import write_calibration_file
+
+    inputs = task.calibration_tensorfile(run)
+    write_calibration_file(run.flags["output"], inputs)
+    return 0
+
+
+_RUNNERS = {"train": run_train, "evaluate": run_evaluate, "inference": run_inference, "prune": run_prune,
+            "export": run_export, "calibration_tensorfile": run_calibration_tensorfile}
