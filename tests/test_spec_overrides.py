@@ -256,6 +256,13 @@ def test_proto_range_errors_point_at_the_value(tmp_path):
         "be a finite number > 0, got inf")
 
 
+def test_a_required_value_written_as_zero_is_out_of_range_not_missing(tmp_path):
+    zero = write(tmp_path, PROTO.replace("n_epochs: 2", "n_epochs: 0"))
+    assert error(classification.load, zero, subtask="train") == "SPEC:12:3: train_config.n_epochs must be >= 1, got 0"
+    unset = write(tmp_path, PROTO.replace("  n_epochs: 2\n", ""), "unset.txt")
+    assert error(classification.load, unset, subtask="train") == "SPEC: missing required value train_config.n_epochs"
+
+
 def test_proto_range_checks_every_repeated_element_and_map_entry(tmp_path):
     bad = write(tmp_path, PROTO.replace("  n_epochs: 2\n", "  n_epochs: 2\n  model_parallelism: [0.5, 1.5]\n"))
     assert error(classification.load, bad) == "SPEC:13:3: train_config.model_parallelism[1] must be in [0, 1], got 1.5"

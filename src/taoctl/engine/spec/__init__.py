@@ -208,18 +208,25 @@ def load(path, kind: SpecKind, on_warning: Callable[[str], None] | None = None, 
         origins = {site.path: f"{filename}:{site.line}:{site.column}" for site in sites}
         for override in parsed:
             prototxt.apply_override(spec, override, origins)
+        values = prototxt.values_at
+    _check_ranges(spec, kind, values, origins)
+    if not kind.is_yaml:
+        # After the ranges: a required value written as 0 is out of range, not "missing" (proto3
+        # cannot tell an explicit 0 from an unset field; the file's position can).
         missing = prototxt.missing_required(spec, required)
         if missing:
             noun = "value" if len(missing) == 1 else "values"
             raise SpecError(f"{filename}: missing required {noun} {', '.join(missing)}")
-        values = prototxt.values_at
+    return spec
+
+
+def _check_ranges(spec, kind: SpecKind, values, origins: dict) -> None:
     for field_path, allowed in kind.ranges.items():
         for concrete, value in values(spec, field_path):
             origin = origins.get(concrete)
             if origin is not None and value is not None and not allowed.allows(value):
                 finite = "" if math.isfinite(value) else "a finite number "
                 raise SpecError(f"{origin}: {concrete} must be {finite}{allowed.words()}, got {value:.7g}")
-    return spec
 
 
 def _values(spec, path: str) -> list[tuple[str, object]]:
