@@ -276,3 +276,26 @@ def test_an_override_with_a_typo_is_one_did_you_mean_line(trained, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'did you mean "epochs"' in err[0] and "train.epoch=3" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_log_file_holds_what_the_console_showed_and_the_error_line(trained, tmp_path):
+    root, spec = trained
+    log = tmp_path / "logs" / "evaluate.log"
+    model = root / "run" / "weights" / "two_head_004.tlt"
+    assert taoctl_two_head("evaluate", "-e", spec, "-m", model, "-r", tmp_path / "eval", "--log_file", log) == 0
+    assert "coverage accuracy" in log.read_text()
+    assert taoctl_two_head("evaluate", "-e", spec, "-m", tmp_path / "missing.tlt", "--log_file", log) == 2
+    last = log.read_text().splitlines()[-1]
+    assert last.startswith("taoctl: ") and "missing.tlt" in last
+
+
+def test_flags_out_of_range_are_one_line_before_any_work(trained, tmp_path, capsys):
+    root, spec = trained
+    model = root / "run" / "weights" / "two_head_004.tlt"
+    for flags, expected in ((("-b", "0"), "--batch_size must be >= 1, got 0"),
+                            (("--gpus", "0"), "--gpus must be >= 1, got 0")):
+        assert taoctl_two_head("evaluate", "-e", spec, "-m", model, "-r", tmp_path / "e", *flags) == 2
+        assert expected in capsys.readouterr().err
+    assert taoctl_two_head("prune", "-m", model, "-o", tmp_path / "p.tlt", "-pth", "nan") == 2
+    assert "--pruning_threshold must be a number in [0, 1], got nan" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists() and not (tmp_path / "p.tlt").exists()

@@ -29,6 +29,8 @@ from taoctl.engine.cli import echo, finish_dry_run
 from taoctl.engine.task import Run, Task, resolve
 from taoctl.errors import TaoctlError
 
+# Subtasks that run the model in mixed precision with --use_amp (on a GPU).
+_AMP_SUBTASKS = ("train", "evaluate", "inference")
 # Real inputs the exported model is checked on against PyTorch.
 CHECK_SAMPLES = 16
 
@@ -74,6 +76,8 @@ def run_subtask(subtask: str, task_ref: str, flags: dict) -> int:
             raise TaoctlError(f"spec overrides ({overrides[0]} ...) need a spec file: pass -e")
         if flags.get("dry_run"):
             return _dry_run(task, run)
+        if flags.get("use_amp") and subtask not in _AMP_SUBTASKS:
+            echo(f"Notice: --use_amp has no effect on {subtask} (it applies to {', '.join(_AMP_SUBTASKS)}).")
         if subtask == "train":  # the trainer writes status.json itself, epoch by epoch
             return _RUNNERS[subtask](task, run)
         with _subtask_status(run, main):
