@@ -310,6 +310,12 @@ def load_pretrained(model: nn.Module, source, key: str | None = None, log=print)
                           f" ({len(theirs)} tensors, e.g. {list(theirs)[:2]}); is it a "
                           "checkpoint of this architecture?")
     model.load_state_dict(new_state, strict=False)
+    for head in report.heads_reinitialised:
+        # Drawn afresh here, after loading, as taoctl always has: a seeded run draws the same head
+        # weights from one release to the next, so its figures repeat exactly.
+        module = model.get_submodule(head)
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
     if log is not None:
         log(report.summary())
     return report
