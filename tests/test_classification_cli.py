@@ -105,6 +105,10 @@ def test_inference_dir_and_single_image(workflow, taoctl):
     one = taoctl("classification", "inference", "-e", str(spec), "-m", model, "-k", "secret", "-cm",
                  str(run / "classmap.json"), "-i", str(data / "val" / "blue" / "blue 0.png"), check=True)
     assert "blue 0.png: " in one.stdout
+    broken = taoctl("classification", "inference", "-e", str(spec), "-m", model, "-k", "secret", "-cm",
+                    str(run / "classmap.json"), "-i", str(data / "train" / "red" / "broken.jpg"))
+    assert broken.returncode == 2 and "none of the 1 image(s) could be read" in broken.stderr
+    assert "broken.jpg" in broken.stderr and "Traceback" not in broken.stderr
 
 
 def test_prune_retrain_export_and_onnx_evaluate(workflow, taoctl):

@@ -116,9 +116,12 @@ def user(engine, taoctl):
         os.setuid(HOST_UID)
 
     run = taoctl.configured(env=env, python=tuple(python), cwd=tmp, preexec_fn=demote if as_other else None)
+    started: list[subprocess.Popen] = []
 
     def start(*args, **kwargs):  # output streams live: tests read job.stdout while it runs
-        return run.start(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+        job = run.start(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+        started.append(job)
+        return job
 
     def make_dir(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
@@ -134,7 +137,35 @@ def user(engine, taoctl):
     config = make_dir(make_dir(tmp / "home") / ".taoctl") / "config.json"
     config.write_text(json.dumps({"images": {"vision": TEST_IMAGE}}))
     yield user
+    # What the test started ends with it, whatever the test did: its launchers, then the
+    # containers they leave (a killed launcher's container runs on), found by their mounts.
+    for job in started:
+        job.kill()
+        job.communicate()
+    for container in _own_containers(user):
+        _remove(container["Id"])
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _own_containers(user) -> list[dict]:
+    """Docker's entries (running or not) for the containers this test made: every one mounts a
+    folder of the test's own, and the same docker may hold other tests' and other users'."""
+    import docker
+
+    def ours(source: str) -> bool:
+        return source == str(user.tmp) or source.startswith(f"{user.tmp}/")
+
+    entries = docker.from_env().api.containers(all=True, filters={"label": docker_runtime.LABEL})
+    return [e for e in entries if any(ours(m.get("Source", "")) for m in e.get("Mounts") or [])]
+
+
+def _remove(container_id: str) -> None:
+    import docker
+
+    try:
+        docker.from_env().api.remove_container(container_id, force=True)
+    except docker.errors.NotFound:
+        pass  # removed meanwhile by its launcher
 
 
 def _has_group(name: str) -> bool:
@@ -265,7 +296,7 @@ def _containers(user) -> list[list[str]]:
     return [line.split() for line in listing.stdout.splitlines()[1:]]
 
 
-def _wait_for(predicate, timeout=60.0):
+def _wait_for(predicate, timeout=120.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -275,18 +306,59 @@ def _wait_for(predicate, timeout=60.0):
     raise AssertionError("timed out")
 
 
-def test_list_shows_a_running_container_and_stop_ends_it(user):
+def test_list_shows_running_containers_and_stop_ends_several(user):
     mounts = mounts_file(user.tmp / "mounts.json", {str(user.tmp): "/t"})
-    job = user.start("--runtime", "docker", "classification", "run", "--mounts", str(mounts), "sleep", "120")
-    try:
-        row = _wait_for(lambda: next((r for r in _containers(user) if r[1:4] == ["classification", "run",
-                                                                                  "running"]), None))
-        stopped = user.run("stop", "--container_id", row[0])
-        assert stopped.returncode == 0 and f"stopped {row[0]}" in stopped.stdout
-        assert job.wait(timeout=30) != 0
-        _wait_for(lambda: not any(r[0] == row[0] for r in _containers(user)))
-    finally:
-        job.kill()
+    started = [user.start("--runtime", "docker", "classification", "run", "--mounts", str(mounts), "sleep", seconds)
+               for seconds in ("120", "121")]
+
+    def both_running():
+        running = [e["Id"][:12] for e in _own_containers(user) if e["State"] == "running"]
+        return running if len(running) == 2 else None
+
+    own = _wait_for(both_running)
+    rows = [row for row in _containers(user) if row[0] in own]
+    assert sorted(" ".join(row[7:]) for row in rows) == [
+        "taoctl classification run sleep 120", "taoctl classification run sleep 121"]
+    assert [row[1:4] for row in rows] == [["classification", "run", "running"]] * 2
+    stopped = user.run("stop", "--container_id", *own)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.splitlines() == [f"stopped {container}" for container in own]
+    assert all(job.wait(timeout=60) != 0 for job in started)
+    assert _own_containers(user) == []  # each launcher removed its container before it ended
+
+
+def test_list_and_stop_survive_containers_that_vanish_meanwhile(user, monkeypatch, capsys):
+    """A container may end (and its launcher remove it) between docker's listing and any later
+    call about it: here each one is removed just before docker is asked about it by id."""
+    from docker.types import Mount
+
+    from taoctl.launcher import cli
+
+    monkeypatch.setenv("TAOCTL_HOME", str(user.tmp / "home" / ".taoctl"))
+    handle = docker_runtime.client()
+    labels = {docker_runtime.LABEL: "test", "taoctl.uid": str(os.getuid()), "taoctl.task": "classification",
+              "taoctl.subtask": "run"}
+    ids = [handle.containers.run(TEST_IMAGE, ["sleep", "120"], detach=True, init=True, labels=labels,
+                                 mounts=[Mount("/t", str(user.tmp), type="bind")]).id[:12] for _ in range(2)]
+    api = handle.api
+
+    def vanishing(call):
+        def vanish_first(container, *args, **kwargs):
+            api.remove_container(container, force=True)
+            return call(container, *args, **kwargs)
+        return vanish_first
+
+    for name in ("inspect_container", "stop"):
+        monkeypatch.setattr(api, name, vanishing(getattr(api, name)))
+    monkeypatch.setattr(docker_runtime, "client", lambda: handle)
+
+    assert cli.main(["list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert set(ids) <= set(listed)
+    assert cli.main(["stop", "--container_id", *ids]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"stopped {container}" for container in ids] and err == ""
+    assert _own_containers(user) == []
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -294,13 +366,10 @@ def test_ctrl_c_stops_and_removes_the_container(user, signum, status):
     mounts = mounts_file(user.tmp / "mounts.json", {str(user.tmp): "/t"})
     job = user.start("--runtime", "docker", "classification", "run", "--mounts", str(mounts),
                      "python3", "-c", "import time; print('started', flush=True); time.sleep(120)")
-    try:
-        assert job.stdout.readline().strip() == "started"  # output streams live
-        job.send_signal(signum)
-        assert job.wait(timeout=30) == status
-        assert _containers(user) == []
-    finally:
-        job.kill()
+    assert job.stdout.readline().strip() == "started"  # output streams live
+    job.send_signal(signum)
+    assert job.wait(timeout=30) == status
+    assert _own_containers(user) == []
 
 
 def test_two_runs_with_different_mounts_files_at_once(user):
@@ -309,9 +378,13 @@ def test_two_runs_with_different_mounts_files_at_once(user):
         folder = user.mkdir(user.tmp / name)
         (folder / "id.txt").write_text(name)
         mounts = mounts_file(user.tmp / f"{name}.json", {str(folder): "/workspace/data"})
+        # Each reads its file, waits until both run at once (the test's go file), and reads it again.
         jobs.append(user.start("--runtime", "docker", "classification", "run", "--mounts", str(mounts),
-                               "sh", "-c", "cat /workspace/data/id.txt; sleep 3; echo; cat /workspace/data/id.txt"))
-    _wait_for(lambda: len([r for r in _containers(user) if r[3] == "running"]) == 2, timeout=30)
+                               "sh", "-c", "cat /workspace/data/id.txt; echo; "
+                               "while [ ! -e /workspace/data/go ]; do sleep 0.1; done; cat /workspace/data/id.txt"))
+    _wait_for(lambda: [e["State"] for e in _own_containers(user)] == ["running", "running"])
+    for name in ("alpha", "beta"):
+        (user.tmp / name / "go").touch()
     outputs = [job.communicate(timeout=60)[0].split() for job in jobs]
     assert outputs == [["alpha", "alpha"], ["beta", "beta"]]
     assert [job.returncode for job in jobs] == [0, 0]
@@ -335,7 +408,7 @@ def test_mounts_file_errors_stop_before_any_container(user):
         assert result.returncode == 2, name
         assert result.stderr.strip() == f"taoctl: {path}: {expected}" or (
             result.stderr.startswith(f"taoctl: {path}: ") and expected in result.stderr), result.stderr
-    assert _containers(user) == []
+    assert _own_containers(user) == []
 
 
 def test_envs_user_option_and_missing_image(user):

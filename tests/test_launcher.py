@@ -171,3 +171,142 @@ eval_config {{ eval_dataset_path: "{tmp_path}/data" top_k: 1 batch_size: 8 }}
 
     planned = cls("classification", "evaluate", "-e", spec, "-m", model, "-np", "2", "--dry-run", check=True)
     assert "taoctl: evaluate runs as one process; -np 2 uses one device" in planned.stderr
+
+
+def _wait_for_jobs(count: int, timeout: float = 60.0) -> list[dict]:
+    """The running job records once there are ``count`` (TAOCTL_HOME set by the test)."""
+    from taoctl.launcher import jobs
+
+    deadline = time.monotonic() + timeout
+    while len(running := jobs.running_jobs()) < count:
+        assert time.monotonic() < deadline, f"{len(running)} job(s) running, waited for {count}"
+        time.sleep(0.1)
+    return running
+
+
+def test_stop_takes_several_ids_and_list_tells_jobs_apart(tmp_path, taoctl, monkeypatch):
+    monkeypatch.setenv("TAOCTL_HOME", str(tmp_path))
+    env = {"TAOCTL_HOME": str(tmp_path)}
+    started = [taoctl.start("classification", "run", "sleep", seconds, env=env) for seconds in ("60", "61")]
+    try:
+        running = _wait_for_jobs(2)
+        rows = taoctl("list", env=env, check=True).stdout.splitlines()
+        assert rows[0].split() == ["id", "task", "subtask", "status", "started", "results_dir", "command"]
+        assert sorted(row.split(None, 7)[7] for row in rows[1:]) == ["taoctl classification run sleep 60",
+                                                                    "taoctl classification run sleep 61"]
+        ids = [job["id"] for job in running]
+        stopped = taoctl("stop", "--container_id", *ids, env=env)
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.splitlines() == [f"stopped {job_id}" for job_id in ids]
+        assert [job.wait(timeout=30) for job in started] == [128 + signal.SIGTERM] * 2
+        assert taoctl("list", env=env, check=True).stdout.splitlines()[1:] == []
+    finally:
+        for job in started:
+            job.kill()
+
+
+def test_stop_never_signals_a_process_that_took_a_finished_jobs_pid(tmp_path, taoctl, monkeypatch):
+    import json
+
+    from taoctl.launcher import jobs
+
+    monkeypatch.setenv("TAOCTL_HOME", str(tmp_path))
+    env = {"TAOCTL_HOME": str(tmp_path)}
+    # Someone else's process, leading its own process group as a job's process does.
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        record = jobs.record_job(stranger.pid, "classification", "train", ["-r", str(tmp_path / "out")])
+        own = record.read_text()
+        # As if the recorded job had ended and the kernel had given its pid to the stranger.
+        reused = json.loads(own)
+        reused["start_time"] -= 1
+        record.write_text(json.dumps(reused))
+        assert taoctl("list", env=env, check=True).stdout.splitlines()[1:] == []
+        stopped = taoctl("stop", "--all", env=env)
+        assert stopped.returncode == 0 and stopped.stdout == "", stopped.stderr
+        assert stranger.poll() is None, "a stranger was signalled"
+        assert not record.exists(), "the stale record was kept"
+        # The same record with the process's own start time is a job: listed, and stopped.
+        record.write_text(own)
+        row = taoctl("list", env=env, check=True).stdout.splitlines()[1].split()
+        assert row[:4] == [f"local-{stranger.pid}", "classification", "train", "running"]
+        assert row[6:] == [str(tmp_path / "out"), "taoctl", "classification", "train", "-r", str(tmp_path / "out")]
+        assert taoctl("stop", "--container_id", f"local-{stranger.pid}", env=env).returncode == 0
+        assert stranger.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_list_and_stop_skip_and_remove_records_they_cannot_read(tmp_path, taoctl, monkeypatch):
+    import json
+
+    from taoctl.launcher import jobs
+
+    monkeypatch.setenv("TAOCTL_HOME", str(tmp_path))
+    env = {"TAOCTL_HOME": str(tmp_path)}
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    (folder / "local-1.json").write_text('{"id": "local-1", "pid": ')
+    (folder / "local-2.json").write_text(json.dumps({"id": "local-2", "task": "classification"}))
+    (folder / "local-3.json").write_text(json.dumps({"id": "local-3", "pid": "12", "start_time": 5}))
+    (folder / "local-4.json").write_text("[]")
+    # A running process's record, from another host sharing this home: not ours to judge.
+    elsewhere = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        record = jobs.record_job(elsewhere.pid, "classification", "train", [])
+        record.write_text(json.dumps({**json.loads(record.read_text()), "host": "elsewhere"}))
+        listing = taoctl("list", env=env)
+        assert listing.returncode == 0, listing.stderr
+        assert listing.stdout.splitlines()[1:] == [] and listing.stderr == ""
+        assert [p.name for p in folder.iterdir()] == [record.name]
+        stopped = taoctl("stop", "--all", env=env)
+        assert stopped.returncode == 0 and stopped.stdout == "" and elsewhere.poll() is None
+    finally:
+        elsewhere.kill()
+        elsewhere.wait()
+
+
+def test_a_train_run_stopped_by_taoctl_stop_ends_its_status_with_failure(tmp_path, taoctl, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    monkeypatch.setenv("TAOCTL_HOME", str(tmp_path))
+    for name, colour in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (32, 32), colour).save(tmp_path / "data" / name / f"{i}.png")
+    spec = tmp_path / "spec.txt"
+    spec.write_text(f"""
+model_config {{ arch: "resnet" n_layers: 10 input_image_size: "3,32,32" }}
+train_config {{
+  train_dataset_path: "{tmp_path}/data" val_dataset_path: "{tmp_path}/data"
+  optimizer {{ sgd {{ lr: 0.01 }} }} lr_config {{ step {{ learning_rate: 0.01 step_size: 1 gamma: 1 }} }}
+  batch_size_per_gpu: 8 n_epochs: 10000 n_workers: 0
+}}
+""")
+    results = tmp_path / "train"
+    env = {"TAOCTL_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    job = taoctl.start("classification", "train", "-e", spec, "-r", results, env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        status = results / "status.json"
+        deadline = time.monotonic() + 300
+        while not (status.is_file() and status.read_text().endswith("\n")):  # the first line is whole
+            assert job.poll() is None, job.communicate()
+            assert time.monotonic() < deadline, "no status line"
+            time.sleep(0.1)
+        (running,) = _wait_for_jobs(1)
+        assert running["results_dir"] == str(results)
+        assert running["command"] == f"taoctl classification train -e {spec} -r {results}"
+        assert taoctl("stop", "--container_id", running["id"], env=env).returncode == 0
+        _, err = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert job.returncode == 130, err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("taoctl:")] == ["taoctl: aborted"]
+    last = json.loads(status.read_text().splitlines()[-1])
+    assert (last["status"], last["message"]) == ("FAILURE", "Training interrupted.")
+    assert not list(results.rglob(".*.tmp*")), "temporary files left behind"

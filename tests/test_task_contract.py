@@ -251,7 +251,8 @@ def test_prunes_keeping_both_heads_and_exports_two_outputs(trained):
     assert modelfile.load_model(pruned).manifest["pruning"]["threshold"] == 0.9
 
     onnx_path = root / "export" / "two_head.onnx"
-    assert taoctl_two_head("export", "-m", pruned, "-o", onnx_path, "--cal_image_dir", root) == 0
+    (root / "cal").mkdir()  # the task makes its own sample inputs; the runner only passes the folder on
+    assert taoctl_two_head("export", "-m", pruned, "-o", onnx_path, "--cal_image_dir", root / "cal") == 0
     graph = onnx.load(str(onnx_path)).graph
     assert [o.name for o in graph.output] == list(OUTPUTS)
     images, _, _ = make_samples(5, 32, 3)
@@ -299,3 +300,12 @@ def test_flags_out_of_range_are_one_line_before_any_work(trained, tmp_path, caps
     assert taoctl_two_head("prune", "-m", model, "-o", tmp_path / "p.tlt", "-pth", "nan") == 2
     assert "--pruning_threshold must be a number in [0, 1], got nan" in capsys.readouterr().err
     assert not (tmp_path / "e").exists() and not (tmp_path / "p.tlt").exists()
+
+
+def test_init_epoch_beyond_the_spec_and_np_zero_are_refused(trained, tmp_path, capsys):
+    _, spec = trained
+    assert taoctl_two_head("train", "-e", spec, "-r", tmp_path / "r", "--init_epoch", "9") == 2
+    assert "--init_epoch 9 is beyond the spec's 4 epochs" in capsys.readouterr().err
+    assert taoctl_two_head("train", "-e", spec, "-r", tmp_path / "r", "-np", "0") == 2
+    assert "-np/--num_processes must be >= 1 (or -1: one per GPU), got 0" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

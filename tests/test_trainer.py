@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from taoctl.engine.trainer import prepare_results_dir
+from taoctl.engine.resultsdir import prepare_results_dir
 from taoctl.errors import TaoctlError
 
 WORKER = str(Path(__file__).with_name("trainer_worker.py"))

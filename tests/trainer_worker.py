@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from taoctl.engine import distributed
-from taoctl.engine.trainer import EvalHook, Trainer, prepare_results_dir, seed_everything
+from taoctl.engine.resultsdir import prepare_results_dir
+from taoctl.engine.trainer import EvalHook, Trainer, seed_everything
 
 
 def main():

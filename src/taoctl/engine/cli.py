@@ -16,6 +16,7 @@ import traceback
 import click
 
 from taoctl.errors import TaoctlError
+from taoctl.fileio import out_of_space_message
 from taoctl.text import is_number
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -133,6 +134,11 @@ def run_command(command: click.Command, args: list[str], prog_name: str) -> int:
     except Exception as exc:  # a bug: say what happened in one line, the trace on request
         if verbose:
             traceback.print_exc()
+        # ... unless it is a full disk met outside fileio's helpers (they raise OutOfSpaceError).
+        no_space = out_of_space_message(exc) if isinstance(exc, OSError) else None
+        if no_space:
+            click.echo(f"taoctl: {no_space}", err=True)
+            return TaoctlError.exit_code
         click.echo(f"taoctl: internal error: {type(exc).__name__}: {exc} (rerun with -v for the traceback)",
                    err=True)
         return 1

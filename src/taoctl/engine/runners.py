@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import io
 import math
 import os
@@ -28,6 +29,7 @@ from taoctl.engine import distributed, optim
 from taoctl.engine.cli import echo, finish_dry_run
 from taoctl.engine.task import Run, Task, resolve
 from taoctl.errors import TaoctlError
+from taoctl.outputs import refuse_overwrites
 
 # Subtasks that run the model in mixed precision with --use_amp (on a GPU).
 _AMP_SUBTASKS = ("train", "evaluate", "inference")
@@ -55,6 +57,9 @@ def check_flag_ranges(flags: dict) -> None:
     filters = flags.get("min_num_filters")
     if filters is not None and filters < 0:
         raise TaoctlError(f"--min_num_filters must be >= 0, got {filters}")
+    processes = flags.get("num_processes")
+    if processes is not None and processes != -1 and processes < 1:
+        raise TaoctlError(f"-np/--num_processes must be >= 1 (or -1: one per GPU), got {processes}")
 
 
 def run_subtask(subtask: str, task_ref: str, flags: dict) -> int:
@@ -64,14 +69,14 @@ def run_subtask(subtask: str, task_ref: str, flags: dict) -> int:
     check_flag_ranges(flags)
     overrides = parse_overrides(flags.pop("overrides", ()) or ())
     results_dir = flags.get("results_dir")
-    if results_dir is not None and not str(results_dir).strip():
-        raise TaoctlError('-r/--results_dir is empty: name a folder')
     run = Run(subtask=subtask, flags=flags, spec_path=flags.get("experiment_spec"),
               results_dir=Path(results_dir) if results_dir else None, dist=distributed.current())
     main = run.dist.is_main and int(os.environ.get("RANK", "0")) == 0
+    refuse_overwrites(*_subtask_paths(task, run))  # before --log_file is opened: the flags' paths
     with tee_output(flags.get("log_file") if main else None):
         if run.spec_path:
             run.spec = task.load_spec(run.spec_path, task.required_spec(subtask, flags), overrides)
+            refuse_overwrites(*_subtask_paths(task, run))  # and the paths the spec names
         elif overrides:
             raise TaoctlError(f"spec overrides ({overrides[0]} ...) need a spec file: pass -e")
         if flags.get("dry_run"):
@@ -82,6 +87,34 @@ def run_subtask(subtask: str, task_ref: str, flags: dict) -> int:
             return _RUNNERS[subtask](task, run)
         with _subtask_status(run, main):
             return _RUNNERS[subtask](task, run)
+
+
+# What a subtask reads and what it writes, by flag (click) name; export's --cal_data_file is either.
+_INPUT_FLAGS = ("experiment_spec", "model_path", "classmap", "classmap_json", "image", "image_dir", "cal_image_dir")
+_OUTPUT_FLAGS = ("output_file", "output", "cal_cache_file", "engine_file", "log_file", "results_dir")
+
+
+def _subtask_paths(task: Task, run: Run) -> tuple[list, list]:
+    """``(inputs, outputs)`` as ``(flag or spec field, path)`` for ``taoctl.outputs.refuse_overwrites``.
+
+    Inputs are the flags' files and folders plus, once the spec is loaded, every path field of
+    its kind (a glob by its matches), so that e.g. ``-r`` inside the training data is refused.
+    """
+    import click
+
+    from taoctl.engine.spec import path_values
+
+    flag_names = {param.name: param.opts[0] for param in click.get_current_context().command.params}
+    flags = run.flags
+    inputs = [(flag_names[name], flags[name]) for name in _INPUT_FLAGS if flags.get(name)]
+    outputs = [(flag_names[name], flags[name]) for name in _OUTPUT_FLAGS if name in flags]
+    if flags.get("cal_data_file"):
+        cal_data = (flag_names["cal_data_file"], flags["cal_data_file"])
+        (inputs if _reads_cal_data_file(flags) else outputs).append(cal_data)
+    if run.spec is not None:
+        inputs += [(field, match) for field, value in path_values(run.spec, task.spec.KINDS[task.spec_kind])
+                   for match in glob.glob(value) or [value]]
+    return inputs, outputs
 
 
 @contextlib.contextmanager
@@ -166,11 +199,24 @@ def _inference_device(run: Run):
 
 # --------------------------------------------------------------------------- train
 def run_train(task: Task, run: Run) -> int:
-    from taoctl.engine.trainer import EvalHook, Trainer, prepare_results_dir, seed_everything
+    """Train with the results dir locked by the main process (global rank 0) for the whole run."""
+    from taoctl.engine.resultsdir import locked_results_dir
 
-    spec_text = Path(run.spec_path).read_text()
     run.dist = distributed.init_distributed()
-    run.device = task.training_device(run)
+    run.device = task.training_device(run)  # before the lock makes the dir: no devices, nothing written
+    init_epoch, epochs = run.flag("init_epoch", 1), task.epochs(run)
+    if init_epoch > epochs:
+        raise TaoctlError(f"--init_epoch {init_epoch} is beyond the spec's {epochs} epochs: nothing would be trained")
+    with locked_results_dir(run.results_dir) if run.dist.is_main else contextlib.nullcontext():
+        return _train(task, run)
+
+
+def _train(task: Task, run: Run) -> int:
+    from taoctl.engine.resultsdir import prepare_results_dir
+    from taoctl.engine.spec import read_text
+    from taoctl.engine.trainer import EvalHook, Trainer, seed_everything
+
+    spec_text = read_text(run.spec_path)
     if run.dist.is_main:
         prepare_results_dir(run.results_dir, spec_text, bool(run.flags.get("force")), task=task.name)
     distributed.barrier()
@@ -331,7 +377,7 @@ def _export_inputs(task: Task, run: Run, manifest: dict, adapter):
     int8 = run.flags["data_type"] == "int8"
     count = run.flags["batches"] * run.flags["batch_size"] if int8 else CHECK_SAMPLES
     cal_file, folder = run.flags.get("cal_data_file"), run.flags.get("cal_image_dir")
-    if cal_file and not folder and os.path.exists(cal_file):
+    if _reads_cal_data_file(run.flags):
         raw = read_calibration_file(cal_file, tuple(manifest["input_shape"]))
         echo(f"Read {len(raw)} calibration images from {cal_file}")
     else:
@@ -359,6 +405,12 @@ def _export_inputs(task: Task, run: Run, manifest: dict, adapter):
         size = run.flags["batch_size"]
         calibration = [named(raw[i:i + size]) for i in range(0, len(raw), size)]
     return sample, f"{len(raw[:CHECK_SAMPLES])} real {adapter.items}", calibration
+
+
+def _reads_cal_data_file(flags: dict) -> bool:
+    """Whether export reads --cal_data_file (it exists and no --cal_image_dir is given) rather than writes it."""
+    cal_file = flags.get("cal_data_file")
+    return bool(cal_file) and not flags.get("cal_image_dir") and os.path.exists(cal_file)
 
 
 # --------------------------------------------------------------------------- calibration_tensorfile

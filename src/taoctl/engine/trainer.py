@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import io
 import json
 import math
-import os
 import random
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,38 +41,6 @@ from taoctl.engine.device import amp_enabled, to_device
 from taoctl.engine.model_parallel import spans_devices
 from taoctl.errors import TaoctlError
 from taoctl.fileio import write_atomic
-
-RUN_FILE = ".taoctl_run.json"
-
-
-# --------------------------------------------------------------------------- results dir
-def prepare_results_dir(results_dir, spec_text: str, force: bool = False, task: str = "") -> Path:
-    """Create the results dir, check it is writable and belongs to this spec.
-
-    A results dir that already holds a run of a different spec is refused unless ``force``,
-    which clears that run's checkpoints so the new run starts from scratch.
-    """
-    results_dir = Path(results_dir)
-    try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        probe = results_dir / f".write_probe_{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise TaoctlError(f"results dir {results_dir} is not writable: {exc.strerror or exc}") from None
-    digest = hashlib.sha256(spec_text.encode()).hexdigest()
-    run_file = results_dir / RUN_FILE
-    if run_file.exists():
-        previous = json.loads(run_file.read_text() or "{}")
-        if previous.get("spec_sha256") != digest:
-            if not force:
-                raise TaoctlError(f"results dir {results_dir} holds a run of a different spec; "
-                                  f"use another -r, or --force to start over there")
-            for stale in ("weights", "train_state"):
-                shutil.rmtree(results_dir / stale, ignore_errors=True)
-            (results_dir / "status.json").unlink(missing_ok=True)
-    write_atomic(run_file, json.dumps({"spec_sha256": digest, "task": task}))
-    return results_dir
 
 
 def seed_everything(seed: int) -> None:

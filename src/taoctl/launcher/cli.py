@@ -15,7 +15,7 @@ import sys
 import click
 
 from taoctl import __version__
-from taoctl.engine.cli import run_command
+from taoctl.engine.cli import MultiValueOption, run_command
 from taoctl.errors import TaoctlError, did_you_mean
 from taoctl.launcher import images, jobs, registry, speccheck
 from taoctl.launcher.entrypoint import PROG_ENV
@@ -202,37 +202,40 @@ def info(verbose):
 
 @cli.command(name="list")
 def list_jobs():
-    """Running jobs of this user."""
+    """Running jobs of this user, with each one's results dir and command."""
     running = jobs.running_jobs()
     if docker_runtime.reachable():
         running += docker_runtime.list_containers()
-    click.echo(f"{'id':<24}{'task':<20}{'subtask':<18}{'status':<10}started")
+    click.echo(f"{'id':<24}{'task':<20}{'subtask':<18}{'status':<10}{'started':<21}{'results_dir':<32}  command")
     for job in running:
-        click.echo(f"{job['id']:<24}{job['task']:<20}{job['subtask']:<18}{job['status']:<10}{job['started']}")
+        click.echo(f"{job['id']:<24}{job['task']:<20}{job['subtask']:<18}{job['status']:<10}{job['started']:<21}"
+                   f"{job['results_dir'] or '-':<32}  {job['command']}")
 
 
 @cli.command()
-@click.option("--container_id", "ids", multiple=True, help="Job or container id to stop (repeatable).")
+@click.option("--container_id", "ids", cls=MultiValueOption,
+              help="Ids of the jobs or containers to stop (`taoctl list` shows them).")
 @click.option("--all", "stop_all", is_flag=True, help="Stop every running job of this user.")
 def stop(ids, stop_all):
     """Stop running jobs of this user."""
+    if not ids and not stop_all:
+        raise TaoctlError("say which jobs to stop: --container_id ID ... or --all")
     running = {job["id"]: job for job in jobs.running_jobs()}
     if docker_runtime.reachable():
         running.update({job["id"]: job for job in docker_runtime.list_containers()})
         # A docker container may be named by any prefix of its id, as docker allows.
-        short = [j for j, job in running.items() if job.get("runtime") == docker_runtime.NAME]
+        short = [j for j, job in running.items() if job["runtime"] == docker_runtime.NAME]
         ids = [next((j for j in short if len(i) >= 4 and (j.startswith(i) or i.startswith(j))), i) for i in ids]
-    if not ids and not stop_all:
-        raise TaoctlError("say which jobs to stop: --container_id ID ... or --all")
-    chosen = list(running) if stop_all else list(ids)
+    chosen = list(running) if stop_all else list(dict.fromkeys(ids))
     unknown = [i for i in chosen if i not in running]
     if unknown:
         raise TaoctlError(f"no running job {', '.join(unknown)}; `taoctl list` shows the running ones")
     for job_id in chosen:
-        if running[job_id].get("runtime") == docker_runtime.NAME:
-            docker_runtime.stop_containers([job_id])
+        job = running[job_id]
+        if job["runtime"] == docker_runtime.NAME:
+            docker_runtime.stop_container(job["container_id"], remove=job["status"] != "running")
         else:
-            jobs.stop_job(running[job_id])
+            jobs.stop_job(job)
         click.echo(f"stopped {job_id}")
 
 

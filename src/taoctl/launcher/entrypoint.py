@@ -84,7 +84,15 @@ def die_with_parent(parent_pid: int | None = None) -> None:
         os._exit(1)
 
 
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    # `taoctl stop` (and a launcher passing on its own SIGTERM) ends a run with SIGTERM. Taken
+    # as an interrupt, it lets the trainer and the runners write status.json's FAILURE line
+    # ("Training interrupted.") and context managers remove their temporary files.
+    signal.signal(signal.SIGTERM, _interrupt)
     argv = list(sys.argv[1:] if argv is None else argv)
     # Before anything loads torch, for runtimes that start this module directly (a container).
     os.environ.update(subtask_env_defaults(os.environ))

@@ -25,6 +25,12 @@ MOUNT_KEYS = ("source", "destination")
 ENV_KEYS = ("variable", "value")
 DOCKER_OPTION_KEYS = ("user", "ports", "shm_size", "ulimits", "privileged", "network", "tty")
 
+# Container folders a mount must not replace: the image's own files (Python, CUDA, the shell)
+# live there; the kernel's folders are refused with everything below them.
+SYSTEM_DESTINATIONS = frozenset({"/", "/bin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/opt",
+                                 "/run", "/sbin", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/usr/sbin", "/var"})
+KERNEL_FOLDERS = ("/proc", "/sys", "/dev")
+
 # Flags whose value is a path even when it is relative (TAO's entrypoints: -e spec, -r results...).
 PATH_FLAGS = frozenset({
     "-e", "--experiment_spec", "--experiment_spec_file", "--experiment_spec_path", "-r", "--results_dir",
@@ -59,8 +65,10 @@ def find_file(explicit: str | None = None) -> Path | None:
     chosen = explicit or os.environ.get(ENV_VAR)
     if chosen:
         path = Path(chosen).expanduser().absolute()
+        origin = "--mounts" if explicit else f"${ENV_VAR}"
+        if path.is_dir():
+            raise TaoctlError(f"mounts file {path} (from {origin}) is a directory, not a JSON file")
         if not path.is_file():
-            origin = "--mounts" if explicit else f"${ENV_VAR}"
             raise TaoctlError(f"mounts file {path} (from {origin}) does not exist")
         return path
     default = Path(DEFAULT_FILE).expanduser()
@@ -118,7 +126,10 @@ def _parse_mounts(entries, name: str) -> list[Mount]:
         destination = entry["destination"]
         if not destination.startswith("/"):
             raise TaoctlError(f'{where}: destination "{destination}" must be an absolute container path')
-        destination = posixpath.normpath(destination)
+        destination = posixpath.normpath("/" + destination.lstrip("/"))  # normpath keeps a leading "//"
+        if destination in SYSTEM_DESTINATIONS or any(_under(destination, root) is not None for root in KERNEL_FOLDERS):
+            raise TaoctlError(f'{where}: destination "{destination}" would hide the container\'s own system '
+                              f'folder; mount at a folder of its own, e.g. /workspace/tao-experiments')
         if destination in seen:
             raise TaoctlError(f'{where}: destination "{destination}" is already used by Mounts[{seen[destination]}]')
         seen[destination] = i

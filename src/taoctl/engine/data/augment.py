@@ -23,7 +23,7 @@ import numpy as np
 
 from taoctl.engine.data import kitti
 from taoctl.errors import TaoctlError
-from taoctl.fileio import atomic_path, write_atomic
+from taoctl.fileio import write_atomic
 
 
 @dataclasses.dataclass
@@ -152,9 +152,11 @@ def augment_frame(image: np.ndarray, objects: list[kitti.KittiObject], plan: Aug
 def _write_image(path: Path, image: np.ndarray) -> None:
     import cv2
 
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-            raise TaoctlError(f"cannot write image {path}")
+    # Encoded here and written by Python, so a full disk is an OSError naming the file (imwrite says only False).
+    encoded, data = cv2.imencode(path.suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not encoded:
+        raise TaoctlError(f"cannot encode image {path}")
+    write_atomic(path, data.tobytes())
 
 
 def augment_dataset(image_dir: str | os.PathLike, label_dir: str | os.PathLike, out_image_dir: str | os.PathLike,

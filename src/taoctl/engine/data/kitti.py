@@ -29,10 +29,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 # Issue kinds, in report order, with what happened to the data.
 ISSUE_KINDS = {
-    "missing_image": "label file without an image (frame skipped)",
+    "missing_image": "label file, or COCO annotation, without an image (skipped)",
     "missing_label": "image without a label file (frame skipped)",
     "unreadable_image": "image that cannot be read (frame skipped)",
-    "field_count": "line without 15 fields (16 for detections) (object skipped)",
+    "field_count": "line without 15 fields (16 for detections), or COCO entry without a field it needs (skipped)",
     "non_numeric": "non-numeric field (object skipped)",
     "inverted_box": "x1 >= x2 or y1 >= y2 (object skipped)",
     "zero_area": "box of zero width or height (object skipped)",
@@ -42,6 +42,8 @@ ISSUE_KINDS = {
     "mixed_resolution": "image size differs from the dataset's (frame skipped where one size is required)",
 }
 _EXAMPLES_PER_KIND = 20
+# A KITTI line is about 100 bytes: 16 MiB is over 100,000 objects in one image.
+MAX_LABEL_BYTES = 16 * 2**20
 
 
 @dataclasses.dataclass
@@ -147,10 +149,16 @@ def parse_label_file(path: str | os.PathLike, width: int | None, height: int | N
     """
     objects = []
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        with open(path, "rb") as handle:
+            # Bounded: a label file that is a device or a runaway file must not fill memory.
+            data = handle.read(MAX_LABEL_BYTES + 1)
     except OSError as exc:
         report.add("missing_label", str(path), exc.strerror or str(exc))
         return objects
+    if len(data) > MAX_LABEL_BYTES:
+        raise TaoctlError(f"{path}: label file larger than {MAX_LABEL_BYTES // 2**20} MiB "
+                          "(a KITTI label file holds one short line per object)")
+    text = data.decode("utf-8", errors="replace")
     for number, raw in enumerate(text.splitlines(), start=1):
         fields = raw.split()
         if not fields:

@@ -8,17 +8,18 @@ TensorFlow's, so shards written here train in TAO and TAO's shards read here.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import struct
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import crc32c
 
 from taoctl.engine.data.proto import tf_example_pb2 as pb
 from taoctl.errors import TaoctlError
+from taoctl.fileio import atomic_paths
 
 _MASK_DELTA = 0xA282EAD8
 _LENGTH = struct.Struct("<Q")
@@ -32,13 +33,19 @@ def masked_crc(data: bytes) -> int:
 
 
 class TFRecordWriter:
-    """Writes records to ``path`` through a temporary file that replaces ``path`` on a clean close."""
+    """Writes records to ``path``, which appears whole on a clean close and not at all on an error.
 
-    def __init__(self, path: str | os.PathLike):
+    ``staging``: a ``fileio.atomic_paths()`` group the file joins, so it appears together with
+    the group's other files (every shard of a dataset, or none); without one it appears on its
+    own when the writer closes.
+    """
+
+    def __init__(self, path: str | os.PathLike, staging: Callable[[str | os.PathLike], Path] | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        self._file = os.fdopen(fd, "wb")
+        with contextlib.ExitStack() as stack:  # a failed open removes the temporary at once
+            stage = staging or stack.enter_context(atomic_paths())
+            self._file = stack.enter_context(open(stage(self.path), "wb"))
+            self._stack = stack.pop_all()
         self.count = 0
 
     def write(self, record: bytes) -> None:
@@ -47,24 +54,18 @@ class TFRecordWriter:
         self.count += 1
 
     def close(self) -> None:
-        if self._file.closed:
-            return
-        self._file.close()
-        os.replace(self._tmp, self.path)
-
-    def abort(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        Path(self._tmp).unlink(missing_ok=True)
+        self._stack.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+        if exc_type is not None:
+            # The records of a failed file are thrown away: flushing them may fail again (a full
+            # disk) and would replace the error that stopped the writing.
+            with contextlib.suppress(OSError):
+                self._file.close()
+        return self._stack.__exit__(exc_type, exc, tb)
 
 
 def read_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes]:

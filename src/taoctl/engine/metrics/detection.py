@@ -15,12 +15,12 @@ recall >= t) and ``INTEGRATE`` (VOC2010+: area under the monotone precision enve
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from taoctl.engine.metrics import report_json
 from taoctl.fileio import atomic_path, write_atomic
 
 MODES = ("SAMPLE", "INTEGRATE")
@@ -107,7 +107,7 @@ class DetectionResult:
         return "\n".join(lines)
 
     def write_json(self, path: str | os.PathLike) -> None:
-        write_atomic(path, json.dumps(self.to_json_dict(), indent=2) + "\n")
+        write_atomic(path, report_json(self.to_json_dict()))
 
     def plot_pr_curves(self, path: str | os.PathLike) -> None:
         """One PR curve per class in a PNG (``PR_curve.png``)."""

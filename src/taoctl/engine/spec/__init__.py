@@ -25,7 +25,7 @@ from taoctl.engine.spec import prototxt, yamlspec
 from taoctl.errors import SpecError
 
 __all__ = ["SpecKind", "SpecError", "Range", "Override", "positive", "non_negative", "fraction", "at_least",
-           "parse_overrides", "load", "missing_paths", "detect_kind", "check_file", "is_yaml"]
+           "parse_overrides", "load", "missing_paths", "path_values", "detect_kind", "check_file", "is_yaml"]
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -167,17 +167,24 @@ def _warn_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+MAX_SPEC_BYTES = 16 * 2**20
+
+
 def read_text(path) -> str:
     """The spec file's text, or a one-line SpecError naming the file."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            # Bounded: a device or a huge file given as a spec (-e /dev/zero) must not fill memory.
+            data = handle.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"{path}: spec file not found") from None
     except IsADirectoryError:
         raise SpecError(f"{path}: is a folder, not a spec file") from None
     except PermissionError:
         raise SpecError(f"{path}: spec file not readable (permission denied)") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES // 2**20} MiB, not a spec file")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -244,16 +251,24 @@ def missing_paths(spec, kind: SpecKind, fields=None) -> list[str]:
     existing when anything matches.
     """
     problems = []
-    for field_path in kind.paths if fields is None else fields:
-        for concrete, value in _values(spec, field_path):
-            if not isinstance(value, str) or not value or is_hub_name(value):
-                continue
-            if any(ch in value for ch in "*?["):
-                if not glob.glob(value):
-                    problems.append(f"{concrete}: nothing matches {value}")
-            elif not os.path.exists(value):
-                problems.append(f"{concrete}: {value} does not exist")
+    for concrete, value in path_values(spec, kind, fields):
+        if any(ch in value for ch in "*?["):
+            if not glob.glob(value):
+                problems.append(f"{concrete}: nothing matches {value}")
+        elif not os.path.exists(value):
+            problems.append(f"{concrete}: {value} does not exist")
     return problems
+
+
+def path_values(spec, kind: SpecKind, fields=None) -> list[tuple[str, str]]:
+    """``(field, path)`` for every path field the spec sets (``fields`` defaults to ``kind.paths``).
+
+    A repeated field gives one pair per element (``data_sources[1].image_directory_path``);
+    unset fields and model hub names (``torchvision:...``) are left out.
+    """
+    return [(concrete, value) for field_path in (kind.paths if fields is None else fields)
+            for concrete, value in _values(spec, field_path)
+            if isinstance(value, str) and value and not is_hub_name(value)]
 
 
 def detect_kind(path, kinds) -> SpecKind | None:

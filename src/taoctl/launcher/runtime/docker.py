@@ -18,11 +18,13 @@ import signal
 import socket
 import sys
 import threading
+import time
 from urllib.parse import urlparse
 
 from taoctl import __version__
 from taoctl.errors import TaoctlError
-from taoctl.launcher import images, mounts as mounts_mod, registry
+from taoctl.launcher import images, jobs, registry
+from taoctl.launcher import mounts as mounts_mod
 
 NAME = "docker"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
@@ -187,14 +189,6 @@ def gpu_devices(args: list[str], available: int) -> tuple[list[str] | None, list
 
 # ---- running -----------------------------------------------------------------------------
 
-def _results_dir(args: list[str]) -> str:
-    for flag in ("-r", "--results_dir"):
-        values = _take_values(args, flag)
-        if values:
-            return os.path.abspath(values[0])
-    return ""
-
-
 def _user_name() -> str:
     try:
         return getpass.getuser()
@@ -222,7 +216,8 @@ def container_spec(task: registry.Task, subtask: str, args: list[str], config: m
         mounts=[Mount(m.destination, m.source, type="bind") for m in translator.mounts + translator.added],
         labels={LABEL: __version__, "taoctl.task": task.name, "taoctl.subtask": subtask,
                 "taoctl.user": _user_name(), "taoctl.uid": str(os.getuid()),
-                "taoctl.results_dir": _results_dir(args)},
+                "taoctl.results_dir": jobs.results_dir_of(subtask, args),
+                "taoctl.command": shlex.join(["taoctl", task.name, subtask, *args])},
         tty=bool(options.get("tty", False)),
         privileged=bool(options.get("privileged", False)),
     )
@@ -343,40 +338,36 @@ def _quiet(method, **kwargs) -> None:
     except docker.errors.NotFound:
         pass  # already gone: `taoctl stop` from another shell, or removed by hand
     except docker.errors.APIError as exc:
+        if exc.status_code == 409 and "already in progress" in str(exc.explanation):
+            return  # being removed by its launcher or another `taoctl stop`: as good as gone
         print(f"taoctl: docker: {exc.explanation or exc}", file=sys.stderr)
 
 
 # ---- list / stop -------------------------------------------------------------------------
 
-def _mine(handle) -> list:
-    return handle.containers.list(all=True, filters={"label": [LABEL, f"taoctl.uid={os.getuid()}"]})
-
-
 def list_containers() -> list[dict]:
-    """This user's taoctl containers, as job records for `taoctl list`."""
+    """This user's taoctl containers, as job records for `taoctl list` (``container_id``: the full id).
+
+    Everything comes from one listing, whose entries carry labels and state: inspecting each
+    container afterwards (as the SDK's ``containers.list`` does) fails with 404 for a container
+    that ended and was removed in between.
+    """
     handle = client()
     rows = []
-    for container in _mine(handle):
-        labels = container.labels
-        started = container.attrs.get("State", {}).get("StartedAt", "")
-        rows.append({"id": container.short_id, "task": labels.get("taoctl.task", "?"),
-                     "subtask": labels.get("taoctl.subtask", "?"), "status": container.status,
-                     "started": started[:19].replace("T", " "), "runtime": NAME,
-                     "results_dir": labels.get("taoctl.results_dir", "")})
+    for entry in handle.api.containers(all=True, filters={"label": [LABEL, f"taoctl.uid={os.getuid()}"]}):
+        labels = entry.get("Labels") or {}
+        rows.append({"id": entry["Id"][:12], "container_id": entry["Id"], "runtime": NAME,
+                     "task": labels.get("taoctl.task", "?"), "subtask": labels.get("taoctl.subtask", "?"),
+                     "status": entry.get("State", "?"),
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.get("Created", 0))),
+                     "results_dir": labels.get("taoctl.results_dir", ""), "command": labels.get("taoctl.command", "")})
     return rows
 
 
-def stop_containers(ids: list[str]) -> list[str]:
-    """Stops (and removes, when nothing is waiting on it) this user's containers by id prefix."""
+def stop_container(container_id: str, remove: bool) -> None:
+    """Stops one container; ``remove`` also removes it (one whose launcher was killed: nothing
+    else will). A container that is gone already (it ended since it was listed) is fine."""
     handle = client()
-    stopped = []
-    for wanted in ids:
-        for container in _mine(handle):
-            if container.id.startswith(wanted) or container.short_id.startswith(wanted):
-                running = container.status == "running"
-                _quiet(container.stop, timeout=STOP_TIMEOUT_S)
-                if not running:  # left behind by a launcher that was killed
-                    _quiet(container.remove, force=True)
-                stopped.append(container.short_id)
-                break
-    return stopped
+    _quiet(handle.api.stop, container=container_id, timeout=STOP_TIMEOUT_S)
+    if remove:
+        _quiet(handle.api.remove_container, container=container_id, force=True)

@@ -17,6 +17,7 @@ from torch import nn
 from taoctl.engine.backbones import create_model, parse_input_image_size
 from taoctl.engine.data import imagefolder
 from taoctl.engine.data.imagefolder import Normalizer
+from taoctl.engine.metrics import report_json
 from taoctl.errors import TaoctlError
 from taoctl.fileio import write_atomic
 
@@ -104,7 +105,7 @@ def read_classmap(path) -> list[str]:
 
 
 def write_json(path, data) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
+    write_atomic(path, report_json(data))
 
 
 def classes_of(manifest: dict) -> list[str]:

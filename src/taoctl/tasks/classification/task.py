@@ -382,6 +382,8 @@ class ClassificationTask(Task):
             print(f"{path}: {label} ({confidence:.4f})", flush=True)
         for path, why in skipped:
             print(f"Warning: skipped {why}", flush=True)
+        if not rows:
+            raise TaoctlError(f"none of the {len(paths)} image(s) could be read: {skipped[0][1]}")
         if image_dir:
             out = run.results_dir or Path(image_dir).resolve().parent
             out.mkdir(parents=True, exist_ok=True)

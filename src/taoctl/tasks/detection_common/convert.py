@@ -12,8 +12,10 @@ before anything is written.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 from taoctl.engine.data import kitti, tfrecord
 from taoctl.engine.data.tfrecord import bytes_feature, float_feature, int64_feature
 from taoctl.errors import TaoctlError
-from taoctl.fileio import write_atomic
+from taoctl.fileio import atomic_paths, write_atomic
 
 TAO_SEED = 42  # TAO's DatasetConverter seeds Python's random with 42
 
@@ -106,6 +108,16 @@ def shard_path(prefix: str, fold: int, num_folds: int, shard: int, num_shards: i
     if num_shards != 0:
         path = f"{path}-shard-{shard:05d}-of-{num_shards:05d}"
     return path
+
+
+def earlier_shards(prefix: str) -> list[str]:
+    """Absolute paths of the files named as this prefix's shards, for any fold and shard counts.
+
+    Every converter (TAO's and this one) names its folds, so the bare prefix is never a shard.
+    """
+    folder, name = os.path.split(os.path.abspath(prefix))
+    pattern = re.compile(re.escape(name) + r"-fold-\d{3}-of-\d{3}(-shard-\d{5}-of-\d{5})?")
+    return sorted(entry.path for entry in os.scandir(folder) if pattern.fullmatch(entry.name) and entry.is_file())
 
 
 # --- KITTI ------------------------------------------------------------------------------------
@@ -193,26 +205,50 @@ def _read_coco(config, report: kitti.LabelReport, class_mapping) -> tuple[list[l
             raise TaoctlError(f"coco_config.annotation_files: {ann_path} does not exist") from None
         except ValueError as exc:
             raise TaoctlError(f"{ann_path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise TaoctlError(f'{ann_path}: not a COCO annotation file (an object with "images", "annotations", '
+                              f'"categories")')
         for key in ("images", "annotations", "categories"):
-            if not data.get(key):
-                raise TaoctlError(f'{ann_path}: "{key}" is missing or empty')
-        cats = {c["id"]: c["name"].replace(" ", "") for c in data["categories"]}
+            if not data.get(key) or not isinstance(data[key], list):
+                raise TaoctlError(f'{ann_path}: "{key}" is missing, empty or not a list')
+        cats = {}
+        for index, category in enumerate(data["categories"]):
+            if (not isinstance(category, dict) or not isinstance(category.get("id"), (int, str))
+                    or not isinstance(category.get("name"), str)):
+                raise TaoctlError(f'{ann_path}: categories[{index}] needs an "id" and a "name"')
+            cats[category["id"]] = category["name"].replace(" ", "")
         if categories is not None and sorted(categories) != sorted(cats):
             raise TaoctlError(f"{ann_path}: its categories differ from the first annotation file's")
         categories = cats
+        images = []
+        for index, image in enumerate(data["images"]):
+            problem = _coco_image_problem(image)
+            if problem:
+                report.add("field_count", f"{ann_path}:images[{index}]", problem)
+            else:
+                images.append(image)
+        image_ids = {image["id"] for image in data["images"]
+                     if isinstance(image, dict) and isinstance(image.get("id"), (int, str))}
         anns_by_image: dict = {}
-        for ann in data["annotations"]:
-            anns_by_image.setdefault(ann["image_id"], []).append(ann)
+        for index, ann in enumerate(data["annotations"]):
+            where = f"{ann_path}:annotations[{index}]"
+            if isinstance(ann, dict) and "id" in ann:
+                where += f", annotation id {ann['id']}"
+            problem = _coco_annotation_problem(ann, image_ids)
+            if problem:
+                kind, detail = problem
+                report.add(kind, where, detail)
+            else:
+                anns_by_image.setdefault(ann["image_id"], []).append((where, ann))
         frames = []
-        for image in data["images"]:
+        for image in images:
             image_path = root / img_dir / image["file_name"]
             if not image_path.is_file():
                 report.add("missing_image", f"{ann_path}:image id {image['id']}", f"no {image_path}")
                 continue
             width, height = int(image["width"]), int(image["height"])
             objects = []
-            for ann in anns_by_image.get(image["id"], []):
-                where = f"{ann_path}:annotation id {ann.get('id')}"
+            for where, ann in anns_by_image.get(image["id"], []):
                 x, y, w, h = (float(v) for v in ann["bbox"])
                 if ann.get("category_id") not in cats:
                     report.add("unknown_class", where, f"category_id {ann.get('category_id')}")
@@ -231,6 +267,45 @@ def _read_coco(config, report: kitti.LabelReport, class_mapping) -> tuple[list[l
         report.frames += len(frames)
         partitions.append(frames)
     return partitions, shards
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _coco_image_problem(image) -> str | None:
+    """Why a COCO ``images`` entry cannot be used, or None."""
+    if not isinstance(image, dict):
+        return "not an object"
+    missing = [key for key in ("id", "file_name", "width", "height") if key not in image]
+    if missing:
+        return "no " + ", ".join(f'"{key}"' for key in missing)
+    if not isinstance(image["id"], (int, str)):
+        return f'"id" {json.dumps(image["id"])} is not a number or a string'
+    if not isinstance(image["file_name"], str) or not image["file_name"]:
+        return f'"file_name" {image["file_name"]!r} is not a file name'
+    if not all(_is_finite_number(image[key]) and image[key] > 0 for key in ("width", "height")):
+        return f'size {image["width"]!r} x {image["height"]!r} is not two positive numbers'
+    return None
+
+
+def _coco_annotation_problem(ann, image_ids: set) -> tuple[str, str] | None:
+    """Why a COCO ``annotations`` entry cannot be used, as (issue kind, detail), or None."""
+    if not isinstance(ann, dict):
+        return "field_count", "not an object"
+    missing = [key for key in ("bbox", "image_id") if key not in ann]
+    if missing:
+        return "field_count", "no " + ", ".join(f'"{key}"' for key in missing)
+    bbox = ann["bbox"]
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        return "field_count", f'"bbox" {json.dumps(bbox)} is not [x, y, width, height]'
+    if not all(_is_finite_number(v) for v in bbox):
+        return "non_numeric", f'"bbox" {json.dumps(bbox)} is not 4 finite numbers'
+    if "category_id" in ann and not isinstance(ann["category_id"], (int, str)):
+        return "non_numeric", f'"category_id" {json.dumps(ann["category_id"])} is not a number or a string'
+    if not isinstance(ann["image_id"], (int, str)) or ann["image_id"] not in image_ids:
+        return "missing_image", f"image_id {json.dumps(ann['image_id'])} names no entry of \"images\""
+    return None
 
 
 # --- the conversion ---------------------------------------------------------------------------
@@ -266,23 +341,29 @@ def convert(spec, output_filename: str, validation_fold: int | None = None, resu
     total = Counter()
     written = []
     folds = []
-    for fold, (partition, num_shards) in enumerate(zip(partitions, shards)):
-        fold_count = Counter()
-        frames_written = 0
-        for index, shard in enumerate(_shard(partition, num_shards)):
-            path = shard_path(output_filename, fold, num_folds, index, num_shards)
-            with tfrecord.TFRecordWriter(path) as writer:
-                for frame in shard:
-                    for sample in modifier.modify(frame, fold):
-                        writer.write(example_bytes(sample))
-                        fold_count.update(sample.classes)
-                        frames_written += 1
-            written.append(path)
-        role = "" if validation_fold is None else (" (validation)" if fold == validation_fold else " (training)")
-        echo(f"Fold {fold}{role}: {frames_written} frames. Wrote the following numbers of objects:")
-        echo("\n".join(f"  {c}: {n}" for c, n in sorted(fold_count.items())) or "  none")
-        folds.append({"fold": fold, "frames": frames_written, "objects": dict(sorted(fold_count.items()))})
-        total += fold_count
+    # Every shard appears at the end or none does (a full disk leaves the old shards as they were);
+    # then the prefix's shards this run did not write go, so a reader's glob never mixes two runs.
+    with atomic_paths() as stage:
+        for fold, (partition, num_shards) in enumerate(zip(partitions, shards)):
+            fold_count = Counter()
+            frames_written = 0
+            for index, shard in enumerate(_shard(partition, num_shards)):
+                path = shard_path(output_filename, fold, num_folds, index, num_shards)
+                with tfrecord.TFRecordWriter(path, staging=stage) as writer:
+                    for frame in shard:
+                        for sample in modifier.modify(frame, fold):
+                            writer.write(example_bytes(sample))
+                            fold_count.update(sample.classes)
+                            frames_written += 1
+                written.append(path)
+            role = "" if validation_fold is None else (" (validation)" if fold == validation_fold else " (training)")
+            echo(f"Fold {fold}{role}: {frames_written} frames. Wrote the following numbers of objects:")
+            echo("\n".join(f"  {c}: {n}" for c, n in sorted(fold_count.items())) or "  none")
+            folds.append({"fold": fold, "frames": frames_written, "objects": dict(sorted(fold_count.items()))})
+            total += fold_count
+    for stale in sorted(set(earlier_shards(output_filename)) - {os.path.abspath(p) for p in written}):
+        os.remove(stale)
+        echo(f"Removed {stale}, a shard of an earlier conversion to this prefix")
     echo("Cumulative object statistics:")
     echo("\n".join(f"  {c}: {n}" for c, n in sorted(total.items())) or "  none")
     echo("Class map.\nLabel in GT: Label in tfrecords file")

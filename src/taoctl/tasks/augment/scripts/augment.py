@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from taoctl.engine.cli import CONTEXT_SETTINGS
+from taoctl.outputs import refuse_overwrites
 
 
 @click.command(context_settings=CONTEXT_SETTINGS,
@@ -28,6 +29,12 @@ def command(spec_path, dataset_dir, output_dir, seed, strict, dry_run, verbose):
     from taoctl.tasks.augment import common, spec
 
     config = spec.load(spec_path, "augment")
+    images = config.dataset_config.image_path or "images"
+    labels = config.dataset_config.label_path or "labels"
+    image_dir, label_dir = Path(dataset_dir) / images, Path(dataset_dir) / labels
+    out_image_dir, out_label_dir = Path(output_dir) / images, Path(output_dir) / labels
+    refuse_overwrites({"-a": spec_path, "-d": dataset_dir, f"-d/{images}": image_dir, f"-d/{labels}": label_dir},
+                      {"-o": output_dir, f"-o/{images}": out_image_dir, f"-o/{labels}": out_label_dir})
     if dry_run:
         return finish_dry_run(spec_path, config, spec.KINDS["augment"], {"-d": dataset_dir})
     spatial, color = config.spatial_config, config.color_config
@@ -43,8 +50,6 @@ def command(spec_path, dataset_dir, output_dir, seed, strict, dry_run, verbose):
         brightness_offset=color.brightness_config.offset,
         blur_std=config.blur_config.std, blur_size=config.blur_config.size,
         output_width=config.output_image_width, output_height=config.output_image_height)
-    images = config.dataset_config.image_path or "images"
-    labels = config.dataset_config.label_path or "labels"
     seed = seed if seed is not None else (config.random_seed or 42)
-    common.run(Path(dataset_dir) / images, Path(dataset_dir) / labels, Path(output_dir) / images,
-               Path(output_dir) / labels, plan, seed, config.image_extension or None, strict=strict)
+    common.run(image_dir, label_dir, out_image_dir, out_label_dir, plan, seed, config.image_extension or None,
+               strict=strict)

@@ -8,6 +8,7 @@ import click
 
 from taoctl.engine.cli import CONTEXT_SETTINGS, results_dir_option, spec_option
 from taoctl.errors import TaoctlError
+from taoctl.outputs import refuse_overwrites
 
 
 @click.command(context_settings=CONTEXT_SETTINGS,
@@ -24,14 +25,21 @@ def command(experiment_spec, results_dir, strict, dry_run, verbose):
     from taoctl.tasks.augment import common, spec
 
     config = spec.load(experiment_spec, "augmentation")
+    data = config.data
+    # The first of these that is set is the output folder.
+    out_choices = {"data.output_dataset": data.output_dataset, "-r": results_dir, "results_dir": config.results_dir}
+    out_name = next((name for name, path in out_choices.items() if path), None)
+    out_root = Path(out_choices[out_name]) if out_name else None
+    if out_root is not None:
+        refuse_overwrites({"-e": experiment_spec, "data.image_dir": data.image_dir, "data.ann_path": data.ann_path},
+                          {out_name: out_root, f"{out_name}/images": out_root / "images",
+                           f"{out_name}/labels": out_root / "labels"})
     if dry_run:
         return finish_dry_run(experiment_spec, config, spec.KINDS["augmentation"])
-    data = config.data
     if data.dataset_type != "kitti":
         raise TaoctlError(f"{experiment_spec}: data.dataset_type {data.dataset_type!r}: taoctl augments KITTI "
                           f"datasets; convert COCO to KITTI first")
-    out_root = data.output_dataset or results_dir or config.results_dir
-    if not out_root:
+    if out_root is None:
         raise TaoctlError(f"{experiment_spec}: set data.output_dataset (or -r/--results_dir) for the output")
     spatial, color = config.spatial_aug, config.color_aug
     units = spatial.rotation.units
@@ -48,6 +56,5 @@ def command(experiment_spec, results_dir, strict, dry_run, verbose):
     }
     plan = AugmentPlan(flip_horizontal=spatial.flip.flip_horizontal, flip_vertical=spatial.flip.flip_vertical,
                        output_width=data.output_image_width or 0, output_height=data.output_image_height or 0)
-    out_root = Path(out_root)
     common.run(data.image_dir, data.ann_path, out_root / "images", out_root / "labels", plan, config.random_seed,
                data.image_extension, choices=choices, strict=strict)
