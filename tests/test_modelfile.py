@@ -82,3 +82,15 @@ def test_trainer_state_round_trips_without_pickle(tmp_path):
     fresh = torch.optim.Adam(net.parameters())
     fresh.load_state_dict(state["optimizer"])
     assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_assets_travel_in_the_manifest_and_damaged_ones_are_corrupt(tmp_path):
+    files = {"tokenizer.json": b'{"model": "wordpiece"}', "vocab.txt": "[PAD]\n[CLS]\nh\u00e9llo\n".encode()}
+    model = torch.nn.Linear(3, 2)
+    path = tmp_path / "nlp.tlt"
+    modelfile.save_model(path, model, {"task": "text_classification", "assets": modelfile.pack_assets(files)},
+                         key="k")
+    loaded = modelfile.load_model(path, "k")
+    assert modelfile.unpack_assets(path, loaded.manifest["assets"]) == files
+    with pytest.raises(TaoctlError, match="corrupt model file .*assets are not base64"):
+        modelfile.unpack_assets(path, {"vocab.txt": "not base64!"})

@@ -24,6 +24,8 @@ JSON by ``split_tensors``/``join_tensors``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 import os
@@ -313,6 +315,21 @@ class ModelFile:
     path: Path
     manifest: dict
     state_dict: dict[str, torch.Tensor]
+
+
+def pack_assets(files: dict[str, bytes]) -> dict[str, str]:
+    """Files a model needs beside its weights (an NLP task's tokenizer, vocabulary, label maps), as a
+    manifest value: the manifest travels with every copy of the model (checkpoints, pruned files,
+    exports), so ``-m`` alone is enough to evaluate, infer or export."""
+    return {name: base64.b64encode(data).decode("ascii") for name, data in files.items()}
+
+
+def unpack_assets(path, packed: dict) -> dict[str, bytes]:
+    """The files :func:`pack_assets` stored in a manifest of the model file ``path``."""
+    try:
+        return {str(name): base64.b64decode(data, validate=True) for name, data in packed.items()}
+    except (AttributeError, TypeError, ValueError, binascii.Error) as exc:
+        raise corrupt(path, f"its assets are not base64 file contents ({exc})") from None
 
 
 def save_model(path, model: nn.Module, manifest: dict, key: str | None = None) -> None:
