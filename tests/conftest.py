@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}
 CLI_MODULE = "taoctl.launcher.cli"  # what the `taoctl` console script runs
 
 
@@ -70,3 +71,19 @@ class Taoctl:
 def taoctl() -> Taoctl:
     """``taoctl("classification", "train", "-e", spec, env={...}, cwd=..., timeout=..., check=True)``."""
     return Taoctl()
+
+
+def make_colour_images(root: Path, counts: Mapping[str, int], size: int = 32) -> Path:
+    """A tiny two-class ImageFolder per split (``{"train": 4, "val": 2}``): noisy red and blue PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in counts.items():
+        for name, colour in COLOURS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(np.array(colour) + rng.integers(-30, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_colour_images
 from PIL import Image
 
 from taoctl.errors import TaoctlError
@@ -31,22 +32,11 @@ eval_config {{ eval_dataset_path: "{data}/val" batch_size: 4 }}
 """
 
 
-def _make_images(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 4), ("val", 2)):
-        for name, colour in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(np.array(colour) + rng.integers(-30, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, taoctl):
     root = tmp_path_factory.mktemp("guard")
     data = root / "data"
-    _make_images(data)
+    make_colour_images(data, {"train": 4, "val": 2})
     spec = root / "spec.txt"
     spec.write_text(SPEC.format(data=data))
     taoctl("classification", "train", "-e", spec, "-r", root / "run", check=True)

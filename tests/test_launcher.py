@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from conftest import make_colour_images
 
 from taoctl.launcher import registry
 from taoctl.launcher.entrypoint import processes_requested, torchrun_command
@@ -140,12 +141,7 @@ def test_entrypoint_sets_passive_omp_wait_before_the_subtask_loads():
 
 
 def test_evaluate_with_two_gpus_runs_one_process_and_says_so(tmp_path, taoctl):
-    from PIL import Image
-
-    for name, colour in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(4):
-            Image.new("RGB", (32, 32), colour).save(tmp_path / "data" / name / f"{i}.png")
+    make_colour_images(tmp_path, {"data": 4})
     spec = tmp_path / "spec.txt"
     spec.write_text(f"""
 model_config {{ arch: "resnet" n_layers: 10 input_image_size: "3,32,32" }}
@@ -270,13 +266,8 @@ def test_list_and_stop_skip_and_remove_records_they_cannot_read(tmp_path, taoctl
 def test_a_train_run_stopped_by_taoctl_stop_ends_its_status_with_failure(tmp_path, taoctl, monkeypatch):
     import json
 
-    from PIL import Image
-
     monkeypatch.setenv("TAOCTL_HOME", str(tmp_path))
-    for name, colour in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(4):
-            Image.new("RGB", (32, 32), colour).save(tmp_path / "data" / name / f"{i}.png")
+    make_colour_images(tmp_path, {"data": 4})
     spec = tmp_path / "spec.txt"
     spec.write_text(f"""
 model_config {{ arch: "resnet" n_layers: 10 input_image_size: "3,32,32" }}

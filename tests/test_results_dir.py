@@ -13,9 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from conftest import make_colour_images
 
 from taoctl.engine.resultsdir import LOCK_FILE, locked_results_dir
 from taoctl.launcher.entrypoint import DDP_CHILD_ENV, torchrun_command
@@ -36,16 +35,7 @@ train_config {{
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 8), ("val", 4)):
-        for name, colour in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(np.array(colour) + rng.integers(-30, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
+    return make_colour_images(tmp_path_factory.mktemp("data"), {"train": 8, "val": 4})
 
 
 def write_spec(path: Path, data: Path, epochs: int, lr: float = 0.003, train: Path | None = None) -> Path:
