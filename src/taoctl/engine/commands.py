@@ -133,10 +133,9 @@ def subtask_command(subtask: str, task_ref: str, help: str, options=()) -> click
     own = list(options)
     own_names = {name for decorator in own for name in _option_names(decorator)}
     shared = [d for d in FLAGS[subtask] if not own_names & set(_option_names(d))]
-    command = callback
+    command = common_options(callback)  # innermost: listed after the subtask's own flags in --help
     for decorator in reversed(shared + own):
         command = decorator(command)
-    command = common_options(command)
     command = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")(command)
     return click.command(context_settings=CONTEXT_SETTINGS, help=help)(command)
 
