@@ -317,3 +317,11 @@ def test_range_words():
     assert specs.Range(maximum=1, exclusive_maximum=True).words() == "< 1"
     assert specs.fraction.allows(1) and not specs.fraction.allows(float("nan"))
     assert not specs.non_negative.allows(float("inf"))
+
+
+def test_optimizer_lr_and_eval_batch_size_are_range_checked(tmp_path):
+    nan = write(tmp_path, PROTO.replace("sgd { lr: 0.01 momentum: 0.9 }", "adam { lr: nan }"), "nan.txt")
+    assert error(classification.load, nan) == ("SPEC:10:22: train_config.optimizer.adam.lr must be a finite number "
+                                               ">= 0, got nan")
+    zero = write(tmp_path, PROTO + "eval_config { batch_size: 0 }\n", "eval.txt")
+    assert error(classification.load, zero) == "SPEC:16:15: eval_config.batch_size must be >= 1, got 0"
