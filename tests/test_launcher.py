@@ -140,18 +140,24 @@ def test_entrypoint_sets_passive_omp_wait_before_the_subtask_loads():
     assert result.stdout.splitlines()[-1] == "policy=PASSIVE False"
 
 
-def test_evaluate_with_two_gpus_runs_one_process_and_says_so(tmp_path, taoctl):
-    make_colour_images(tmp_path, {"data": 4})
-    spec = tmp_path / "spec.txt"
+def tiny_classification(root, epochs: int):
+    """A two-class set of 4 images per class under ``root/data`` and a resnet10 spec training on it."""
+    make_colour_images(root, {"data": 4})
+    spec = root / "spec.txt"
     spec.write_text(f"""
 model_config {{ arch: "resnet" n_layers: 10 input_image_size: "3,32,32" }}
 train_config {{
-  train_dataset_path: "{tmp_path}/data" val_dataset_path: "{tmp_path}/data"
+  train_dataset_path: "{root}/data" val_dataset_path: "{root}/data"
   optimizer {{ sgd {{ lr: 0.01 }} }} lr_config {{ step {{ learning_rate: 0.01 step_size: 1 gamma: 1 }} }}
-  batch_size_per_gpu: 8 n_epochs: 1 n_workers: 0
+  batch_size_per_gpu: 8 n_epochs: {epochs} n_workers: 0
 }}
-eval_config {{ eval_dataset_path: "{tmp_path}/data" top_k: 1 batch_size: 8 }}
+eval_config {{ eval_dataset_path: "{root}/data" top_k: 1 batch_size: 8 }}
 """)
+    return spec
+
+
+def test_evaluate_with_two_gpus_runs_one_process_and_says_so(tmp_path, taoctl):
+    spec = tiny_classification(tmp_path, epochs=1)
     cls = taoctl.configured(env={"OMP_NUM_THREADS": "1"})
     cls("classification", "train", "-e", spec, "-r", tmp_path / "train", timeout=300, check=True)
     model = tmp_path / "train" / "weights" / "resnet_001.tlt"
@@ -267,16 +273,7 @@ def test_a_train_run_stopped_by_taoctl_stop_ends_its_status_with_failure(tmp_pat
     import json
 
     monkeypatch.setenv("TAOCTL_HOME", str(tmp_path))
-    make_colour_images(tmp_path, {"data": 4})
-    spec = tmp_path / "spec.txt"
-    spec.write_text(f"""
-model_config {{ arch: "resnet" n_layers: 10 input_image_size: "3,32,32" }}
-train_config {{
-  train_dataset_path: "{tmp_path}/data" val_dataset_path: "{tmp_path}/data"
-  optimizer {{ sgd {{ lr: 0.01 }} }} lr_config {{ step {{ learning_rate: 0.01 step_size: 1 gamma: 1 }} }}
-  batch_size_per_gpu: 8 n_epochs: 10000 n_workers: 0
-}}
-""")
+    spec = tiny_classification(tmp_path, epochs=10000)
     results = tmp_path / "train"
     env = {"TAOCTL_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
     job = taoctl.start("classification", "train", "-e", spec, "-r", results, env=env,
