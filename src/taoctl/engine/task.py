@@ -196,9 +196,13 @@ class Task:
         return subtask
 
     def dry_run_paths(self, run: Run) -> dict[str, str | None]:
-        """``{flag or what: path}`` that ``--dry-run`` checks besides the spec's path fields (train)."""
-        names = {"model_path": "-m", "image": "-i", "image_dir": "-i", "cal_image_dir": "--cal_image_dir"}
-        return {flag: run.flags.get(name) for name, flag in names.items() if run.flags.get(name)}
+        """``{flag or what: path}`` that ``--dry-run`` checks besides the spec's path fields (train):
+        the input paths the flags name, each under the flag the user typed for it."""
+        import click
+
+        flags = {param.name: param.opts[0] for param in click.get_current_context().command.params}
+        return {flags[name]: run.flags[name] for name in ("model_path", "image", "image_dir", "cal_image_dir",
+                                                          "classmap", "classmap_json") if run.flags.get(name)}
 
     # ------------------------------------------------------------------ model
     def build_model(self, run: Run, data: TrainData) -> nn.Module:

@@ -180,7 +180,7 @@ class ClassificationTask(Task):
             model = run.flags.get("model_path") or run.spec.eval_config.model_path
             return {"model": model, "data": run.flags.get("image_dir") or run.spec.eval_config.eval_dataset_path,
                     "-cm": run.flags.get("classmap")}
-        return {**super().dry_run_paths(run), "-cm": run.flags.get("classmap"), "-c": run.flags.get("classmap")}
+        return super().dry_run_paths(run)
 
     # ------------------------------------------------------------------ model
     def model_from_manifest(self, manifest):
