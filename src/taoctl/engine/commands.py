@@ -140,6 +140,11 @@ def subtask_command(subtask: str, task_ref: str, help: str, options=()) -> click
     return click.command(context_settings=CONTEXT_SETTINGS, help=help)(command)
 
 
+def flag_names() -> dict[str, str]:
+    """The running subtask command's flags as the user spells them, by click name (``image_dir`` -> ``-d``)."""
+    return {param.name: param.opts[0] for param in click.get_current_context().command.params}
+
+
 def _option_names(decorator) -> tuple[str, ...]:
     """The flag names a click.option decorator declares (applied to a throwaway function to read them)."""
     probe = decorator(lambda: None)

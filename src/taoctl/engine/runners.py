@@ -100,16 +100,15 @@ def _subtask_paths(task: Task, run: Run) -> tuple[list, list]:
     Inputs are the flags' files and folders plus, once the spec is loaded, every path field of
     its kind (a glob by its matches), so that e.g. ``-r`` inside the training data is refused.
     """
-    import click
-
+    from taoctl.engine.commands import flag_names
     from taoctl.engine.spec import path_values
 
-    flag_names = {param.name: param.opts[0] for param in click.get_current_context().command.params}
+    names = flag_names()
     flags = run.flags
-    inputs = [(flag_names[name], flags[name]) for name in _INPUT_FLAGS if flags.get(name)]
-    outputs = [(flag_names[name], flags[name]) for name in _OUTPUT_FLAGS if name in flags]
+    inputs = [(names[name], flags[name]) for name in _INPUT_FLAGS if flags.get(name)]
+    outputs = [(names[name], flags[name]) for name in _OUTPUT_FLAGS if name in flags]
     if flags.get("cal_data_file"):
-        cal_data = (flag_names["cal_data_file"], flags["cal_data_file"])
+        cal_data = (names["cal_data_file"], flags["cal_data_file"])
         (inputs if _reads_cal_data_file(flags) else outputs).append(cal_data)
     if run.spec is not None:
         inputs += [(field, match) for field, value in path_values(run.spec, task.spec.KINDS[task.spec_kind])

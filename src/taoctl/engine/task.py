@@ -198,9 +198,9 @@ class Task:
     def dry_run_paths(self, run: Run) -> dict[str, str | None]:
         """``{flag or what: path}`` that ``--dry-run`` checks besides the spec's path fields (train):
         the input paths the flags name, each under the flag the user typed for it."""
-        import click
+        from taoctl.engine.commands import flag_names
 
-        flags = {param.name: param.opts[0] for param in click.get_current_context().command.params}
+        flags = flag_names()
         return {flags[name]: run.flags[name] for name in ("model_path", "image", "image_dir", "cal_image_dir",
                                                           "classmap", "classmap_json") if run.flags.get(name)}
 
