@@ -178,7 +178,7 @@ def test_legacy_fields_warn_with_position_and_are_cleared(tmp_path, legacy_kind)
 def test_legacy_value_inside_a_map_entry_is_cleared_in_the_map(tmp_path):
     from taoctl.tasks.detectnet_v2 import spec as detectnet_v2
 
-    path = write(tmp_path, 'model_config { arch: "resnet" }\npostprocessing_config {\n  target_class_config {\n'
+    path = write(tmp_path, 'model_config { arch: "resnet" num_layers: 18 }\npostprocessing_config {\n  target_class_config {\n'
                            '    key: "car"\n    value { clustering_config { dbscan_min_samples: 0.05 dbscan_eps: 0.2 } }'
                            '\n  }\n}\n')
     warnings: list[str] = []

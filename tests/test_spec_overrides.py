@@ -45,7 +45,7 @@ DETECTNET = """\
 dataset_config {
   data_sources { tfrecords_path: "/data/a-*" image_directory_path: "/data/a" }
 }
-model_config { arch: "resnet" }
+model_config { arch: "resnet" num_layers: 18 }
 postprocessing_config {
   target_class_config {
     key: "car"
@@ -112,7 +112,8 @@ def test_proto_overrides_set_add_lists_maps_enums(tmp_path):
         "train_config.n_epochs=5", "train_config.train_dataset_path=/data/train", "+train_config.n_workers=3",
         "model_config.freeze_blocks=[2,3]", "train_config.image_mean.g=1.5", "train_config.image_mean[r]=100",
         "model_config.resize_interpolation_method=BICUBIC", "train_config.lr_config.step.learning_rate=1e-3",
-        "++train_config.batch_size_per_gpu=4", "+train_config.distillation.alpha=0.25"))
+        "++train_config.batch_size_per_gpu=4", "+train_config.distillation.alpha=0.25",
+        "+train_config.distillation.teacher_model_path=/models/teacher.tlt"))
     assert spec.train_config.n_epochs == 5
     assert spec.train_config.train_dataset_path == "/data/train"
     assert spec.train_config.n_workers == 3
@@ -187,7 +188,7 @@ def test_proto_override_of_a_legacy_field_is_refused(tmp_path):
 
 
 def test_override_fills_a_proto_required_value(tmp_path):
-    path = write(tmp_path, 'model_config {\n  input_image_size: "3,224,224"\n}\n')
+    path = write(tmp_path, 'model_config {\n  input_image_size: "3,224,224"\n  n_layers: 18\n}\n')
     assert error(classification.load, path) == "SPEC: missing required value model_config.arch"
     assert classification.load(path, overrides=("model_config.arch=resnet",)).model_config.arch == "resnet"
 

@@ -5,7 +5,10 @@ A task declares each kind of spec file it reads as a ``SpecKind`` in its own
 with every user error as one ``FILE:LINE:COL: message`` line (``SpecError``) and legacy TAO
 fields accepted with a warning. Hydra-style overrides from the command line
 (``train_config.n_epochs=3``, ``+a.b=v``, ``list=[1,2]``) are applied before the required and
-range checks, and their errors name the override (``override "a.b=v": ...``).
+range checks, and their errors name the override (``override "a.b=v": ...``). A kind's
+``validate`` function then checks what the values mean together (an arch registered, its
+n_layers allowed): loading runs it, so ``taoctl spec check``, ``--dry-run`` and the subtask
+itself refuse the same specs with the same line.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from taoctl.engine.hub import is_hub_name
 from taoctl.engine.spec import prototxt, yamlspec
 from taoctl.errors import SpecError
 
-__all__ = ["SpecKind", "SpecError", "Range", "Override", "positive", "non_negative", "fraction", "at_least",
-           "parse_overrides", "load", "missing_paths", "path_values", "detect_kind", "check_file", "is_yaml"]
+__all__ = ["SpecKind", "SpecError", "FieldError", "Range", "Override", "positive", "non_negative", "fraction",
+           "at_least", "parse_overrides", "load", "missing_paths", "path_values", "detect_kind", "check_file",
+           "is_yaml", "field_value", "check_arch"]
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -64,6 +68,16 @@ def at_least(n: float) -> Range:
     return Range(minimum=n)
 
 
+class FieldError(SpecError):
+    """What a kind's ``validate`` raises about one field: ``field`` is its concrete dotted path
+    (``model_config.n_layers``), ``message`` one line naming it. Loading prefixes the place the
+    field was set (``spec.txt:6:3:``, ``override "a.b=v":``), as it does for range errors."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
 @dataclasses.dataclass(frozen=True)
 class SpecKind:
     """One kind of spec file a task reads.
@@ -75,6 +89,10 @@ class SpecKind:
     and the values they allow (``{"train_config.n_epochs": at_least(1)}``), checked on every
     element of a repeated field, for the values the file or an override sets. ``corpus``: fnmatch
     patterns on ``owner/repo/path`` of the TAO spec corpus whose files must load as this kind.
+    ``folders``: those of ``paths`` that name a folder (``--dry-run`` refuses a file there).
+    ``validate``: ``validate(spec)``, run by every load after the required and range checks,
+    raises ``FieldError`` for a value the task cannot use (an unknown arch, an n_layers that
+    arch lacks); it checks values only, never the filesystem (``spec check`` runs anywhere).
     Every declared path must name a field of the message or schema (checked here, so a typo
     fails at import instead of silently checking nothing).
     """
@@ -87,10 +105,15 @@ class SpecKind:
     paths: tuple[str, ...] = ()
     ranges: dict[str, Range] = dataclasses.field(default_factory=dict)
     corpus: tuple[str, ...] = ()
+    folders: tuple[str, ...] = ()
+    validate: Callable[[object], None] | None = None
 
     def __post_init__(self):
         if (self.message is None) == (self.schema is None):
             raise ValueError(f"spec kind {self.name!r} needs exactly one of message= or schema=")
+        stray = [p for p in self.folders if p not in self.paths]
+        if stray:
+            raise ValueError(f"spec kind {self.name!r}: folders {stray} are not among its paths")
         declared = [*self.required, *(p for paths in self.required_for.values() for p in paths), *self.paths]
         for path in [*declared, *self.ranges]:
             try:
@@ -224,7 +247,47 @@ def load(path, kind: SpecKind, on_warning: Callable[[str], None] | None = None, 
         if missing:
             noun = "value" if len(missing) == 1 else "values"
             raise SpecError(f"{filename}: missing required {noun} {', '.join(missing)}")
+    _validate(spec, kind, origins, filename)
     return spec
+
+
+def _validate(spec, kind: SpecKind, origins: dict, filename: str) -> None:
+    if kind.validate is None:
+        return
+    try:
+        kind.validate(spec)
+    except FieldError as exc:
+        raise SpecError(f"{_origin_of(exc.field, origins, filename)}: {exc.message}") from None
+
+
+def _origin_of(field: str, origins: dict, filename: str) -> str:
+    """Where ``field`` was set; for a section or a map, where its first value was; else the file."""
+    if field in origins:
+        return origins[field]
+    inside = [origin for path, origin in origins.items() if path.startswith((field + ".", field + "["))]
+    return inside[0] if inside else filename
+
+
+def field_value(spec, path: str):
+    """The value a dotted path (no repeated field on the way) holds when the spec sets it, else None."""
+    found = _values(spec, path)
+    return found[0][1] if found else None
+
+
+def check_arch(spec, arch_field: str, n_layers_field: str | None = None) -> None:
+    """For a kind's ``validate``: FieldError unless the spec's arch (with its n_layers) names a
+    registered backbone (``taoctl.engine.backbones.ARCHS``); an unset arch is ``required``'s."""
+    from taoctl.engine.backbones import ArchError, resolve_arch
+
+    arch = field_value(spec, arch_field)
+    n_layers = field_value(spec, n_layers_field) if n_layers_field else None
+    if not arch:
+        return
+    try:
+        resolve_arch(arch, n_layers)
+    except ArchError as exc:
+        field = n_layers_field if exc.field == "n_layers" and n_layers else arch_field
+        raise FieldError(field, f"{field}: {exc}") from None
 
 
 def _check_ranges(spec, kind: SpecKind, values, origins: dict) -> None:
@@ -245,18 +308,22 @@ def _values(spec, path: str) -> list[tuple[str, object]]:
 def missing_paths(spec, kind: SpecKind, fields=None) -> list[str]:
     """For ``--dry-run``: one line per path field whose file or folder does not exist.
 
-    ``fields`` defaults to ``kind.paths``; unset fields and model hub names (``torchvision:...``)
-    are skipped (``required`` covers the former, loading resolves the latter).
+    A field of ``kind.folders`` naming a file is one too. ``fields`` defaults to ``kind.paths``;
+    unset fields and model hub names (``torchvision:...``) are skipped (``required`` covers
+    the former, loading resolves the latter).
     TAO's paths may hold a glob (``tfrecords_path: "/data/tfrecords/*"``): it counts as
     existing when anything matches.
     """
     problems = []
-    for concrete, value in path_values(spec, kind, fields):
-        if any(ch in value for ch in "*?["):
-            if not glob.glob(value):
-                problems.append(f"{concrete}: nothing matches {value}")
-        elif not os.path.exists(value):
-            problems.append(f"{concrete}: {value} does not exist")
+    for field_path in kind.paths if fields is None else fields:
+        for concrete, value in path_values(spec, kind, (field_path,)):
+            if any(ch in value for ch in "*?["):
+                if not glob.glob(value):
+                    problems.append(f"{concrete}: nothing matches {value}")
+            elif not os.path.exists(value):
+                problems.append(f"{concrete}: {value} does not exist")
+            elif field_path in kind.folders and not os.path.isdir(value):
+                problems.append(f"{concrete}: {value} is a file, not a folder")
     return problems
 
 

@@ -27,10 +27,8 @@ INTERPOLATION_NAMES = {0: "BILINEAR", 1: "BICUBIC"}
 
 # --------------------------------------------------------------------------- spec -> model
 def model_arguments(model_config) -> dict:
-    """create_model's keyword arguments from ``model_config`` (what the manifest records)."""
-    if model_config.byom_model:
-        raise TaoctlError("model_config.byom_model: bring-your-own-model (TAO BYOM .tltb) is not supported; "
-                          "use one of the built-in arch values")
+    """create_model's keyword arguments from ``model_config`` (what the manifest records); the
+    spec's arch, n_layers and input_image_size were checked when it loaded (``spec.validate_experiment``)."""
     args = {
         "arch": model_config.arch,
         "n_layers": int(model_config.n_layers) or None,
@@ -70,12 +68,11 @@ def normalizer_from_manifest(manifest: dict) -> Normalizer:
 
 
 def normalizer_from_spec(train_config, channels: int) -> Normalizer:
-    mode = train_config.preprocess_mode or "caffe"
+    """The spec's preprocessing (its preprocess_mode was checked when it loaded; image_mean is checked here)."""
     try:
-        return Normalizer(mode, channels, dict(train_config.image_mean) or None)
-    except TaoctlError as exc:  # the mode is checked first, so a known mode means image_mean is wrong
-        field = "image_mean" if mode.lower() in Normalizer.MODES else "preprocess_mode"
-        raise TaoctlError(f"train_config.{field}: {exc}") from None
+        return Normalizer(train_config.preprocess_mode or "caffe", channels, dict(train_config.image_mean) or None)
+    except TaoctlError as exc:
+        raise TaoctlError(f"train_config.image_mean: {exc}") from None
 
 
 def preprocess_record(train_config) -> dict:

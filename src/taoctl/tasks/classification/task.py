@@ -126,12 +126,8 @@ class Distillation:
     def from_spec(cls, run: Run, train_config, device) -> "Distillation | None":
         if not train_config.HasField("distillation"):
             return None
-        cfg = train_config.distillation
-        if not cfg.teacher_model_path:
-            raise TaoctlError("train_config.distillation.teacher_model_path is required to distil")
+        cfg = train_config.distillation  # teacher_model_path and alpha were checked when the spec loaded
         alpha = cfg.alpha if cfg.alpha else 0.5
-        if not 0.0 <= alpha <= 1.0:
-            raise TaoctlError(f"train_config.distillation.alpha must be in [0, 1], got {alpha}")
         temperature = cfg.temperature if cfg.temperature else 4.0
         teacher, _ = TASK.load_model(cfg.teacher_model_path, run.key)
         run.echo(f"Distilling from {cfg.teacher_model_path} (alpha {alpha}, temperature {temperature})")

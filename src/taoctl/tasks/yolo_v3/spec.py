@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taoctl.engine.spec import SpecKind, at_least, fraction, non_negative, positive
+from taoctl.engine.spec import SpecKind, at_least, check_arch, fraction, non_negative, positive
 from taoctl.engine.spec import load as _load
 from taoctl.tasks.detection_common.spec import KINDS as _DETECTION_KINDS
 from taoctl.tasks.detection_common.spec import PROBABILITY, TRAINING_RANGES
@@ -11,10 +11,17 @@ from taoctl.tasks.yolo_v3.proto import experiment_pb2
 _STARTER = "NVIDIA/tao_tutorials/notebooks/tao_launcher_starter_kit/yolo_v3/specs"
 _BACKEND = "NVIDIA/tao_tensorflow1_backend/nvidia_tao_tf1/cv/yolo_v3/experiment_specs"
 
+
+def validate_experiment(spec) -> None:
+    """``yolov3_config.arch`` (with ``yolov3_config.nlayers``) must name a registered backbone (``validate``)."""
+    check_arch(spec, "yolov3_config.arch", "yolov3_config.nlayers")
+
+
 KINDS = {
     "experiment": SpecKind(
         "experiment",
         message=experiment_pb2.Experiment,
+        validate=validate_experiment,
         required=("yolov3_config.arch", "yolov3_config.big_anchor_shape", "yolov3_config.mid_anchor_shape",
                   "yolov3_config.small_anchor_shape"),
         required_for={
