@@ -5,11 +5,12 @@ A task describes what it deploys in an :class:`ExportAdapter` (the module, its i
 names, dynamic axes, how each output is checked, the INT8 agreement to print, its DeepStream
 fields); :func:`export_model` does the rest for any adapter:
 
-1. fp32 ONNX with ``torch.onnx.export(dynamo=True)``, the requested opset or one error line;
+1. fp32 ONNX in the requested opset (default :data:`DEFAULT_OPSET`) or one error line, with a
+   dynamic batch axis or, with ``static_batch_size``, a fixed one;
 2. every output checked against PyTorch on the caller's sample inputs (a failure writes nothing);
 3. ``fp16``: onnxruntime's float16 converter; ``int8``: static QDQ quantisation with
-   onnxruntime from calibration batches, plus a TensorRT calibration cache
-   (``TRT-<ver>-EntropyCalibration2`` text, each tensor's scale as big-endian float hex);
+   onnxruntime from calibration batches, the graph's final Softmax/Sigmoid left in float, plus a
+   TensorRT calibration cache (``TRT-<ver>-<algorithm>`` text, each tensor's scale as big-endian float hex);
 4. optionally a TensorRT engine (one profile covering every input) and DeepStream's
    ``nvinfer_config.txt`` + ``labels.txt``.
 
@@ -25,7 +26,7 @@ import os
 import struct
 import tempfile
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import IntEnum
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -37,10 +38,29 @@ from torch import nn
 from taoctl.errors import TaoctlError
 from taoctl.fileio import write_atomic
 
-# TensorRT 8.6's calibration-cache header; TensorRT reads the ranges regardless of the version digits.
-TRT_CACHE_HEADER = "TRT-8601-EntropyCalibration2"
+# Opset 13: the oldest TensorRT a DeepStream 6.x/7.x ships (8.0, DeepStream 6.0) parses ONNX up to opset 13,
+# per-channel QDQ (QuantizeLinear's axis, what TensorRT's explicit INT8 reads) starts at 13, and TAO's own
+# exports use 12-13; newer DeepStreams (TensorRT 8.5+) also parse 17, which --target_opset gives.
+DEFAULT_OPSET = 13
+# torch.onnx's dynamo exporter writes opset 18 and newer only, and onnx's version converter cannot take its
+# graphs lower (onnx 1.23: no Relu 14->13 adapter; ReduceMean 18->17 keeps an attribute opset 17 lacks, so
+# the checker rejects it; onnx/onnx#4781: "downgrade is not well supported"). Older opsets come from
+# torch's TorchScript exporter, which writes each opset natively.
+DYNAMO_MIN_OPSET = 18
+# The oldest opset onnxruntime (the export's checks) and TensorRT's parser read.
+MIN_OPSET = 7
+# INT8 is per-channel QDQ: QuantizeLinear/DequantizeLinear take an axis from opset 13 on.
+INT8_MIN_OPSET = 13
+# TensorRT's calibration-cache header is TRT-<version>-<calibrator>; TensorRT 8.6 writes 8601. The calibrator
+# named is the TensorRT one that computes ranges as the method used did.
+TRT_CACHE_VERSION = "8601"
+TRT_CALIBRATORS = {"minmax": "MinMaxCalibration", "entropy": "EntropyCalibration2", "percentile": "LegacyCalibration"}
+CALIBRATION_METHODS = tuple(TRT_CALIBRATORS)
 DEFAULT_TOLERANCE = 1e-3
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# Output suffixes export writes; TAO 4 named its exports .etlt (encrypted), taoctl writes plain ONNX under it.
+OUTPUT_SUFFIXES = (".onnx", ".etlt")
+# Output activations quantize_int8 leaves in float: a QDQ pair after them rounds probabilities to 1/255 steps.
+FLOAT_OUTPUT_OPS = ("Softmax", "Sigmoid")
 
 
 @dataclass(frozen=True)
@@ -153,25 +173,59 @@ class ExportResult:
     deepstream_config: Path | None = None
 
 
+def batch_profile(max_batch_size: int, min_batch_size: int = 1,
+                  opt_batch_size: int | None = None) -> tuple[int, int, int]:
+    """(min, opt, max) batch of a TensorRT optimisation profile (TAO's --min/--opt/--max_batch_size);
+    ``opt_batch_size`` None is half the maximum (within the range)."""
+    opt = opt_batch_size if opt_batch_size is not None else min(max(min_batch_size, max_batch_size // 2),
+                                                               max_batch_size)
+    if not 1 <= min_batch_size <= opt <= max_batch_size:
+        raise TaoctlError(f"TensorRT batch sizes must satisfy 1 <= --min_batch_size ({min_batch_size}) <= "
+                          f"--opt_batch_size ({opt}) <= --max_batch_size ({max_batch_size})")
+    return min_batch_size, opt, max_batch_size
+
+
 def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray], *,
                  sample_desc: str = "sample inputs", data_type: str = "fp32", opset: int | None = None,
+                 static_batch_size: int | None = None,
                  calibration: Iterable[Mapping[str, np.ndarray]] | None = None, cal_cache=None,
-                 cal_method: str = "minmax", engine_file=None, max_batch_size: int = 16,
-                 gen_ds_config: bool = False) -> ExportResult:
-    """Export ``adapter`` to ``output`` (.onnx) in ``data_type``; see the module docstring.
+                 cal_method: str = "minmax", engine_file=None, max_batch_size: int = 16, min_batch_size: int = 1,
+                 opt_batch_size: int | None = None, max_workspace_size: int | None = None,
+                 strict_type_constraints: bool = False, gen_ds_config: bool = False) -> ExportResult:
+    """Export ``adapter`` to ``output`` (.onnx, or TAO 4's .etlt name) in ``data_type``; see the module docstring.
 
     ``sample``: real model inputs by input name (``sample_desc`` says what they are in messages);
-    ``calibration``: INT8 calibration batches, each ``{input name: array}``.
+    ``calibration``: INT8 calibration batches, each ``{input name: array}``; ``opset``: None is
+    :data:`DEFAULT_OPSET`; ``static_batch_size``: a fixed batch dimension instead of the dynamic one,
+    None or -1 (TAO's value) for dynamic (the checks and calibration then run on batches of that
+    size, as TAO's export does, and DeepStream's batch-size is it); ``min_batch_size``,
+    ``opt_batch_size``, ``max_batch_size``: the TensorRT engine's profile (:func:`batch_profile`),
+    ``max_workspace_size`` (bytes) and ``strict_type_constraints``: its builder (:func:`build_tensorrt_engine`).
     """
     output = Path(output)
-    if output.suffix.lower() != ".onnx":
-        raise TaoctlError(f"-o {output}: taoctl exports ONNX; name the output *.onnx")
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise TaoctlError(f"-o {output}: taoctl exports ONNX; name the output *.onnx (or TAO 4's *.etlt)")
     if data_type not in ("fp32", "fp16", "int8"):
         raise TaoctlError(f"unknown data type {data_type}; use fp32, fp16 or int8")
     if set(sample) != set(adapter.input_names):
         raise ValueError(f"sample inputs {sorted(sample)} are not the adapter's inputs {list(adapter.input_names)}")
     if gen_ds_config and adapter.deepstream is None:
         raise ValueError("this adapter has no DeepStream fields")
+    batch_profile(max_batch_size, min_batch_size, opt_batch_size)  # refused before minutes of export, not after
+    if max_workspace_size is not None and max_workspace_size < 1:
+        raise TaoctlError(f"--max_workspace_size must be >= 1 (bytes), got {max_workspace_size}")
+    opset = DEFAULT_OPSET if opset is None else opset
+    if opset < MIN_OPSET:
+        raise TaoctlError(f"ONNX opset {opset} is not supported: taoctl exports opset {MIN_OPSET} and newer")
+    if data_type == "int8" and opset < INT8_MIN_OPSET:
+        raise TaoctlError(f"INT8 export needs opset {INT8_MIN_OPSET} or newer (per-channel QuantizeLinear/"
+                          f"DequantizeLinear), got {opset}")
+    static = None if static_batch_size in (None, -1) else static_batch_size  # TAO: -1 is a dynamic batch
+    if static is not None:
+        adapter, sample, calibration = _static_batch(adapter, sample, calibration, static)
+    if output.suffix.lower() == ".etlt":
+        print(f"Notice: {output} is written as plain, unencrypted ONNX (TAO 4's .etlt was encrypted with -k); "
+              f"DeepStream reads it with onnx-file=, not tlt-encoded-model=", flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     result = ExportResult(output)
     with tempfile.TemporaryDirectory(dir=output.parent) as work:
@@ -207,7 +261,10 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
     print(f"Exported {data_type} ONNX model to {output}", flush=True)
     if engine_file:
         try:
-            build_tensorrt_engine(output, engine_file, tensorrt_profile(adapter, sample, max_batch_size), data_type)
+            profile = tensorrt_profile(adapter, sample, max_batch_size, opt_batch_size=opt_batch_size,
+                                       min_batch_size=min_batch_size)
+            build_tensorrt_engine(output, engine_file, profile, data_type, max_workspace_size=max_workspace_size,
+                                  strict_type_constraints=strict_type_constraints)
             result.engine = Path(engine_file)
             print(f"Wrote TensorRT engine {engine_file}", flush=True)
         except TaoctlError as exc:  # the ONNX model is the deliverable; the engine can be built on the target
@@ -219,11 +276,46 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
         first = adapter.input_names[0]
         deepstream_config(result.deepstream_config, adapter.deepstream, onnx_file=output.name, labels_file=labels.name,
                           input_shape=tuple(sample[first].shape[1:]), output_names=adapter.output_names,
-                          data_type=data_type, max_batch_size=max_batch_size,
+                          data_type=data_type, max_batch_size=static or max_batch_size,
                           cal_cache=result.cal_cache.name if result.cal_cache else None,
                           engine_file=result.engine.name if result.engine else None)
         print(f"Wrote DeepStream config {result.deepstream_config} and {labels}", flush=True)
     return result
+
+
+def _static_batch(adapter: ExportAdapter, sample: Mapping[str, np.ndarray],
+                  calibration: Iterable[Mapping[str, np.ndarray]] | None, size: int):
+    """The adapter without its batch axis, and the sample and calibration inputs in batches of ``size``.
+
+    The sample keeps its first ``size`` rows (repeated when it has fewer); calibration rows are
+    regrouped into batches of ``size``, the last one completed from the first rows.
+    """
+    if size < 1:
+        raise TaoctlError(f"--static_batch_size must be -1 (dynamic) or >= 1, got {size}")
+    axes = {name: index for name, dims in adapter.dynamic_axes.items()
+            for index, axis in dims.items() if axis.name == BATCH.name}
+    unbatched = [name for name in adapter.input_names if name not in axes]
+    if unbatched:
+        raise TaoctlError(f"--static_batch_size: input {unbatched[0]} of this model has no batch axis")
+    fixed = replace(adapter, dynamic_axes={name: {index: axis for index, axis in dims.items()
+                                                  if axis.name != BATCH.name}
+                                           for name, dims in adapter.dynamic_axes.items()})
+
+    def rows(inputs: Mapping[str, np.ndarray], picked: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: np.take(np.asarray(array), picked % np.asarray(array).shape[axes[name]], axis=axes[name])
+                for name, array in inputs.items()}
+
+    static_sample = rows(sample, np.arange(size))
+    if calibration is None:
+        return fixed, static_sample, None
+    batches = list(calibration)
+    if not batches:
+        return fixed, static_sample, []
+    joined = {name: np.concatenate([np.asarray(batch[name]) for batch in batches], axis=axes[name])
+              for name in batches[0]}
+    total = joined[adapter.input_names[0]].shape[axes[adapter.input_names[0]]]
+    regrouped = [rows(joined, np.arange(start, start + size)) for start in range(0, total, size)]
+    return fixed, static_sample, regrouped
 
 
 # --------------------------------------------------------------------------- ONNX export and checks
@@ -244,8 +336,15 @@ def _quiet_exporter():
                 logger.setLevel(level)
 
 
-def export_onnx(adapter: ExportAdapter, path, sample: Mapping[str, np.ndarray], opset: int | None = None) -> None:
-    """fp32 ONNX of ``adapter.module`` (eval mode, CPU) with the adapter's names and dynamic axes."""
+def export_onnx(adapter: ExportAdapter, path, sample: Mapping[str, np.ndarray], opset: int = DEFAULT_OPSET) -> None:
+    """fp32 ONNX of ``adapter.module`` (eval mode, CPU) in ``opset`` with the adapter's names and dynamic axes.
+
+    Opsets from :data:`DYNAMO_MIN_OPSET` on come from torch's dynamo exporter, older ones from its
+    TorchScript exporter (see there); the file is checked with ``onnx.checker``. A model or opset
+    the exporter cannot handle is one TaoctlError line.
+    """
+    import onnx
+
     module = adapter.module.eval().cpu()
     dims: dict[str, torch.export.Dim] = {}
     dynamic_shapes = []
@@ -257,19 +356,36 @@ def export_onnx(adapter: ExportAdapter, path, sample: Mapping[str, np.ndarray], 
                 dims[axis.name] = torch.export.Dim(axis.name, min=axis.min, max=axis.max)
         dynamic_shapes.append({index: dims[axis.name] for index, axis in axes.items()} or None)
         array = np.asarray(sample[name])
-        for index in axes:  # torch.export specialises sizes 0 and 1, so trace dynamic axes at size >= 2
+        for index in axes:  # tracing specialises sizes 0 and 1, so trace dynamic axes at size >= 2
             if array.shape[index] < 2:
                 array = np.concatenate([array, array], axis=index)
         traced.append(torch.from_numpy(np.ascontiguousarray(array)))
+    refused = f"ONNX opset {opset} cannot be produced for this model"
     with _quiet_exporter(), torch.no_grad():
-        program = torch.onnx.export(module, tuple(traced), dynamo=True, input_names=list(adapter.input_names),
-                                    output_names=list(adapter.output_names), dynamic_shapes=tuple(dynamic_shapes),
-                                    opset_version=opset, external_data=False, verbose=False)
-    written = next(entry.version for entry in program.model_proto.opset_import if entry.domain in ("", "ai.onnx"))
-    if opset is not None and written != opset:
-        raise TaoctlError(f"ONNX opset {opset} cannot be produced for this model: torch.onnx wrote opset {written} and "
-                          f"could not convert it; ask for opset {written} or newer, or leave the opset unset")
-    program.save(str(path))
+        if opset >= DYNAMO_MIN_OPSET:
+            program = torch.onnx.export(module, tuple(traced), dynamo=True, input_names=list(adapter.input_names),
+                                        output_names=list(adapter.output_names), dynamic_shapes=tuple(dynamic_shapes),
+                                        opset_version=opset, external_data=False, verbose=False)
+            written = next(entry.version for entry in program.model_proto.opset_import
+                           if entry.domain in ("", "ai.onnx"))
+            if written != opset:
+                raise TaoctlError(f"{refused}: torch.onnx wrote opset {written} and could not convert it; ask for "
+                                  f"opset {written} or newer, or leave the opset unset")
+            program.save(str(path))
+        else:
+            try:
+                torch.onnx.export(module, tuple(traced), str(path), dynamo=False, opset_version=opset,
+                                  input_names=list(adapter.input_names), output_names=list(adapter.output_names),
+                                  dynamic_axes={name: {index: axis.name for index, axis in axes.items()}
+                                                for name, axes in adapter.dynamic_axes.items() if axes})
+            except Exception as exc:  # torch raises several types (unsupported operator, tracing errors, ...)
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise TaoctlError(f"{refused} ({reason}); a newer --target_opset may export it") from None
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise TaoctlError(f"{refused}: the exported file fails onnx.checker "
+                          f"({str(exc).strip().splitlines()[0]})") from None
 
 
 def torch_outputs(adapter: ExportAdapter, inputs: Mapping[str, np.ndarray]) -> Outputs:
@@ -380,7 +496,8 @@ def quantize_int8(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarra
     """Calibrated static INT8 (QDQ) of an fp32 ONNX model; returns the activation ranges used.
 
     ``batches``: calibration inputs, each ``{input name: array}`` (float arrays as float32).
-    ``method``: minmax, entropy or percentile.
+    ``method``: minmax, entropy or percentile. Softmax/Sigmoid nodes that produce graph outputs stay
+    float, so probabilities keep their precision; ``cache_path``'s header names ``method``'s calibrator.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -418,16 +535,28 @@ def quantize_int8(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarra
         tmp = Path(work) / "int8.onnx"
         quantize_static(str(prepared), str(tmp), _Reader(prepared_batches), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method])
+                        calibrate_method=methods[method], nodes_to_exclude=float_output_nodes(prepared))
         os.replace(tmp, int8_path)
     if cache_path:
-        write_trt_cache(cache_path, ranges)
+        write_trt_cache(cache_path, ranges, method)
     return ranges
 
 
-def write_trt_cache(path, ranges: dict[str, tuple[float, float]]) -> None:
-    """TensorRT calibration cache: one ``tensor: <scale as big-endian float32 hex>`` per line."""
-    lines = [TRT_CACHE_HEADER]
+def float_output_nodes(path) -> list[str]:
+    """Names of the nodes that compute a graph output with one of :data:`FLOAT_OUTPUT_OPS` (kept in float by INT8)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    outputs = {output.name for output in graph.output}
+    return [node.name for node in graph.node if node.op_type in FLOAT_OUTPUT_OPS and outputs & set(node.output)]
+
+
+def write_trt_cache(path, ranges: dict[str, tuple[float, float]], method: str = "minmax") -> None:
+    """TensorRT calibration cache: a ``TRT-<version>-<calibrator of method>`` header, then one
+    ``tensor: <scale as big-endian float32 hex>`` per line."""
+    if method not in TRT_CALIBRATORS:
+        raise TaoctlError(f"unknown calibration method {method}; use {', '.join(TRT_CALIBRATORS)}")
+    lines = [f"TRT-{TRT_CACHE_VERSION}-{TRT_CALIBRATORS[method]}"]
     for name, (low, high) in sorted(ranges.items()):
         scale = max(abs(low), abs(high)) / 127.0
         lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
@@ -449,16 +578,18 @@ def read_trt_cache(path) -> dict[str, float]:
 Shape = tuple[int, ...]
 
 
-def tensorrt_profile(adapter: ExportAdapter, sample: Mapping[str, np.ndarray],
-                     max_batch_size: int) -> dict[str, tuple[Shape, Shape, Shape]]:
+def tensorrt_profile(adapter: ExportAdapter, sample: Mapping[str, np.ndarray], max_batch_size: int, *,
+                     min_batch_size: int = 1,
+                     opt_batch_size: int | None = None) -> dict[str, tuple[Shape, Shape, Shape]]:
     """(min, opt, max) shape of every input: fixed axes as in ``sample``, the batch axis
-    1 .. ``max_batch_size`` (optimum half of it), other dynamic axes their range (optimum as in ``sample``)."""
+    :func:`batch_profile`'s, other dynamic axes their range (optimum as in ``sample``)."""
+    batches = batch_profile(max_batch_size, min_batch_size, opt_batch_size)
     profile = {}
     for name in adapter.input_names:
         low, best, high = (list(np.asarray(sample[name]).shape) for _ in range(3))
         for index, axis in adapter.dynamic_axes.get(name, {}).items():
             if axis.name == BATCH.name:
-                low[index], best[index], high[index] = 1, max(1, max_batch_size // 2), max_batch_size
+                low[index], best[index], high[index] = batches
             else:
                 low[index], high[index] = axis.min, axis.max
                 best[index] = min(max(best[index], axis.min), axis.max)
@@ -467,10 +598,13 @@ def tensorrt_profile(adapter: ExportAdapter, sample: Mapping[str, np.ndarray],
 
 
 def build_tensorrt_engine(onnx_path, engine_path, profile: Mapping[str, tuple[Shape, Shape, Shape]],
-                          data_type: str = "fp32") -> None:
+                          data_type: str = "fp32", max_workspace_size: int | None = None,
+                          strict_type_constraints: bool = False) -> None:
     """Build a serialized TensorRT engine; TaoctlError when ``tensorrt`` does not import.
 
-    ``profile``: (min, opt, max) shape per input (:func:`tensorrt_profile`).
+    ``profile``: (min, opt, max) shape per input (:func:`tensorrt_profile`); ``max_workspace_size``:
+    bytes of scratch memory (None: TensorRT's default); ``strict_type_constraints``: TAO's
+    ``-s``, TensorRT's OBEY_PRECISION_CONSTRAINTS (the successor of STRICT_TYPES).
     """
     try:
         import tensorrt as trt
@@ -490,6 +624,10 @@ def build_tensorrt_engine(onnx_path, engine_path, profile: Mapping[str, tuple[Sh
         config.set_flag(trt.BuilderFlag.FP16)
     elif data_type == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # the QDQ nodes carry the scales
+    if strict_type_constraints:
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    if max_workspace_size is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, max_workspace_size)
     optimization = builder.create_optimization_profile()
     for name, (low, best, high) in profile.items():
         optimization.set_shape(name, low, best, high)
