@@ -75,7 +75,7 @@ def run_subtask(subtask: str, task_ref: str, flags: dict) -> int:
     refuse_overwrites(*_subtask_paths(task, run))  # before --log_file is opened: the flags' paths
     with tee_output(flags.get("log_file") if main else None):
         if run.spec_path:
-            run.spec = task.load_spec(run.spec_path, task.required_spec(subtask, flags), overrides)
+            run.spec = task.load_spec(run, overrides)
             refuse_overwrites(*_subtask_paths(task, run))  # and the paths the spec names
         elif overrides:
             raise TaoctlError(f"spec overrides ({overrides[0]} ...) need a spec file: pass -e")
@@ -111,7 +111,7 @@ def _subtask_paths(task: Task, run: Run) -> tuple[list, list]:
         cal_data = (names["cal_data_file"], flags["cal_data_file"])
         (inputs if _reads_cal_data_file(flags) else outputs).append(cal_data)
     if run.spec is not None:
-        inputs += [(field, match) for field, value in path_values(run.spec, task.spec.KINDS[task.spec_kind])
+        inputs += [(field, match) for field, value in path_values(run.spec, task.spec.KINDS[task.spec_kind_for(run)])
                    for match in glob.glob(value) or [value]]
     return inputs, outputs
 
@@ -165,7 +165,7 @@ def _dry_run(task: Task, run: Run) -> int:
         echo("Dry run OK: every path the flags name exists.")
         return 0
     fields = None if run.subtask == "train" else ()
-    return finish_dry_run(run.spec_path, run.spec, task.spec.KINDS[task.spec_kind], paths, fields=fields)
+    return finish_dry_run(run.spec_path, run.spec, task.spec.KINDS[task.spec_kind_for(run)], paths, fields=fields)
 
 
 @contextlib.contextmanager
@@ -223,6 +223,7 @@ def _train(task: Task, run: Run) -> int:
     seed_everything(seed + run.dist.rank)
     data = task.train_data(run)
     model = task.build_model(run, data)
+    run.echo(parameter_counts(model))
     optimization = task.optimization(run, len(data.loader))
     optimizer = optim.build_optimizer(model, optimization.optimizer, optimization.regularizer,
                                       optimization.schedule.base_lr)
@@ -245,6 +246,14 @@ def _train(task: Task, run: Run) -> int:
     if run.dist.is_main:
         task.after_training(run, trainer)
     return 0
+
+
+def parameter_counts(model) -> str:
+    """Keras's summary totals, which TAO prints and its users read to see what pruning did."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return (f"Total params: {total:,}\nTrainable params: {trainable:,}\n"
+            f"Non-trainable params: {total - trainable:,}")
 
 
 def _validate(task: Task, run: Run, evaluator, manifest: dict):
@@ -271,11 +280,17 @@ def _regularized(step, regularizer, model):
 
 
 # --------------------------------------------------------------------------- evaluate / inference
-def run_evaluate(task: Task, run: Run) -> int:
+def _model_path(task: Task, run: Run) -> str:
+    """-m, or the model the spec names (the task's default); recorded in the flags for what follows."""
     model_path = run.flags.get("model_path") or task.default_model_path(run)
     if not model_path:
-        raise TaoctlError(f"no model to evaluate: pass -m{task.model_path_hint(run)}")
+        raise TaoctlError(f"no model to {run.subtask}: pass -m{task.model_path_hint(run)}")
     run.flags["model_path"] = model_path
+    return model_path
+
+
+def run_evaluate(task: Task, run: Run) -> int:
+    model_path = _model_path(task, run)
     run.device = _inference_device(run)
     predictor = task.predictor(run, model_path)
     out_dir = run.results_dir or Path(model_path).resolve().parent
@@ -286,8 +301,9 @@ def run_evaluate(task: Task, run: Run) -> int:
 
 
 def run_inference(task: Task, run: Run) -> int:
+    model_path = _model_path(task, run)
     run.device = _inference_device(run)
-    predictor = task.predictor(run, run.flags["model_path"])
+    predictor = task.predictor(run, model_path)
     task.infer(run, predictor)
     return 0
 
@@ -349,18 +365,46 @@ def pruned_sizes(report) -> str:
 
 # --------------------------------------------------------------------------- export
 def run_export(task: Task, run: Run) -> int:
+    """TAO's export app: every flag honoured, or accepted with one notice where it has no meaning here."""
     from taoctl.engine import export
 
-    model_path = run.flags["model_path"]
-    output = Path(run.flags.get("output_file") or Path(model_path).with_suffix(".onnx"))
+    flags = run.flags
+    if flags.get("force_ptq"):
+        echo("Notice: --force_ptq: taoctl models are not QAT-trained; INT8 export always calibrates (post-training "
+             "quantisation).")
+    if flags.get("cal_json_file"):
+        echo(f"Notice: --cal_json_file {flags['cal_json_file']} ignored: it carries QAT scales and this model was "
+             f"not trained with QAT; INT8 scales come from calibration.")
+    if flags.get("onnx_route"):
+        echo(f"Notice: --onnx_route {flags['onnx_route']} has no meaning here: taoctl exports from PyTorch with "
+             f"torch.onnx.")
+    engine_only = [name for flag, name in (("strict_type_constraints", "-s/--strict_type_constraints"),
+                                           ("min_batch_size", "--min_batch_size"),
+                                           ("opt_batch_size", "--opt_batch_size"),
+                                           ("max_workspace_size", "--max_workspace_size"),
+                                           ("gpu_index", "--gpu_index")) if flags.get(flag)]
+    if engine_only and not flags.get("engine_file"):
+        echo(f"Notice: {', '.join(engine_only)} only apply to a TensorRT engine build (--engine_file); export "
+             f"itself runs on the CPU.")
+    elif flags.get("engine_file") and flags.get("gpu_index"):
+        from taoctl.engine.device import select_device
+
+        # TensorRT builds on the current CUDA device, which select_device sets.
+        select_device(flags.get("gpus", 1), flags["gpu_index"], quiet=True)
+    model_path = flags["model_path"]
+    output = Path(flags.get("output_file") or Path(model_path).with_suffix(".onnx"))
     model, manifest = task.load_model(model_path, run.key)
     adapter = task.export_adapter(run, model, manifest)
     sample, sample_desc, calibration = _export_inputs(task, run, manifest, adapter)
-    export.export_model(adapter, output, sample, sample_desc=sample_desc, data_type=run.flags["data_type"],
-                        opset=run.flags.get("target_opset"), calibration=calibration,
-                        cal_cache=run.flags.get("cal_cache_file"), cal_method=run.flags["cal_method"],
-                        engine_file=run.flags.get("engine_file"), max_batch_size=run.flags["max_batch_size"],
-                        gen_ds_config=bool(run.flags.get("gen_ds_config")))
+    export.export_model(adapter, output, sample, sample_desc=sample_desc, data_type=flags["data_type"],
+                        opset=flags.get("target_opset"), static_batch_size=flags.get("static_batch_size"),
+                        calibration=calibration, cal_cache=flags.get("cal_cache_file"), cal_method=flags["cal_method"],
+                        engine_file=flags.get("engine_file"), max_batch_size=flags["max_batch_size"],
+                        min_batch_size=1 if flags.get("min_batch_size") is None else flags["min_batch_size"],
+                        opt_batch_size=flags.get("opt_batch_size"),
+                        max_workspace_size=flags.get("max_workspace_size"),
+                        strict_type_constraints=bool(flags.get("strict_type_constraints")),
+                        gen_ds_config=bool(flags.get("gen_ds_config")))
     task.after_export(run, manifest, output)
     return 0
 
@@ -374,7 +418,10 @@ def _export_inputs(task: Task, run: Run, manifest: dict, adapter):
     from taoctl.engine.calibration import read_calibration_file, write_calibration_file
 
     int8 = run.flags["data_type"] == "int8"
-    count = run.flags["batches"] * run.flags["batch_size"] if int8 else CHECK_SAMPLES
+    # As in TAO, a static batch is also the calibration batch.
+    static = run.flags.get("static_batch_size", -1)
+    cal_batch = static if static > 0 else run.flags["batch_size"]
+    count = run.flags["batches"] * cal_batch if int8 else CHECK_SAMPLES
     cal_file, folder = run.flags.get("cal_data_file"), run.flags.get("cal_image_dir")
     if _reads_cal_data_file(run.flags):
         raw = read_calibration_file(cal_file, tuple(manifest["input_shape"]))
@@ -401,8 +448,7 @@ def _export_inputs(task: Task, run: Run, manifest: dict, adapter):
     sample = named(raw[:CHECK_SAMPLES])
     calibration = None
     if int8:
-        size = run.flags["batch_size"]
-        calibration = [named(raw[i:i + size]) for i in range(0, len(raw), size)]
+        calibration = [named(raw[i:i + cal_batch]) for i in range(0, len(raw), cal_batch)]
     return sample, f"{len(raw[:CHECK_SAMPLES])} real {adapter.items}", calibration
 
 

@@ -186,10 +186,17 @@ class Task:
     def spec(self):
         return importlib.import_module(self.spec_module)
 
-    def load_spec(self, path, subtask: str | None, overrides=()):
+    def spec_kind_for(self, run: "Run") -> str:
+        """Which of the spec module's ``KINDS`` this invocation's spec is (detectnet_v2's inference also takes
+        TAO's inference spec)."""
+        return self.spec_kind
+
+    def load_spec(self, run: "Run", overrides=()):
+        """The invocation's spec, with the fields ``required_spec`` names required."""
         from taoctl.engine.spec import load
 
-        return load(path, self.spec.KINDS[self.spec_kind], subtask=subtask, overrides=overrides)
+        return load(run.spec_path, self.spec.KINDS[self.spec_kind_for(run)],
+                    subtask=self.required_spec(run.subtask, run.flags), overrides=overrides)
 
     def required_spec(self, subtask: str, flags: dict) -> str | None:
         """Whose required fields the spec must set (a subtask's name; None: only the always-required)."""

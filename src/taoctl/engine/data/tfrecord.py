@@ -91,6 +91,13 @@ def read_records(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes
             yield data
 
 
+def _starts_as_tfrecord(path: str) -> bool:
+    """A TFRecord file starts with a record length and that length's masked CRC (or is empty)."""
+    with open(path, "rb") as handle:
+        header = handle.read(12)
+    return not header or (len(header) == 12 and struct.unpack("<I", header[8:])[0] == masked_crc(header[:8]))
+
+
 def expand_paths(pattern: str | os.PathLike | Sequence[str]) -> list[str]:
     """Files a ``tfrecords_path`` names: a glob such as ``/data/tfrecords/kitti_trainval*``, or a list of them."""
     patterns = [pattern] if isinstance(pattern, (str, os.PathLike)) else list(pattern)
@@ -98,6 +105,10 @@ def expand_paths(pattern: str | os.PathLike | Sequence[str]) -> list[str]:
     for item in patterns:
         found = sorted(p for p in glob.glob(os.fspath(item)) if os.path.isfile(p) and not
                        os.path.basename(p).startswith("."))
+        if glob.has_magic(os.fspath(item)):
+            # TAO's sample specs glob a whole folder (``kitti_trainval/*``), where dataset_convert also
+            # leaves its validation_report.json: a glob takes only the files that start as a TFRecord.
+            found = [p for p in found if _starts_as_tfrecord(p)]
         if not found:
             raise TaoctlError(f"tfrecords_path {os.fspath(item)!r} matches no file")
         files += found

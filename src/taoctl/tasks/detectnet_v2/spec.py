@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taoctl.engine.spec import Range, SpecKind, at_least, fraction, non_negative, positive
+from taoctl.engine.spec import Range, SpecKind, at_least, check_arch, fraction, non_negative, positive
 from taoctl.engine.spec import load as _load
 from taoctl.tasks.detectnet_v2.proto import experiment_pb2
 from taoctl.tasks.detection_common.spec import KINDS as _DETECTION_KINDS
@@ -21,10 +21,17 @@ def _clustering_ranges(prefix: str) -> dict:
             f"{prefix}.dbscan_eps": fraction, f"{prefix}.nms_iou_threshold": fraction,
             f"{prefix}.nms_confidence_threshold": fraction}
 
+
+def validate_experiment(spec) -> None:
+    """``model_config.arch`` (with ``model_config.num_layers``) must name a registered backbone (``validate``)."""
+    check_arch(spec, "model_config.arch", "model_config.num_layers")
+
+
 KINDS = {
     "experiment": SpecKind(
         "experiment",
         message=experiment_pb2.Experiment,
+        validate=validate_experiment,
         required=("model_config.arch",),
         required_for={
             "train": ("dataset_config.data_sources", "training_config.batch_size_per_gpu",
