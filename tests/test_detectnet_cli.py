@@ -185,3 +185,22 @@ def test_int8_export_and_calibration_tensorfile(trained, taoctl):
            "--batch_size", "4", check=True)
     ops = {node.op_type for node in onnx.load(root / "int8" / "model.onnx").graph.node}
     assert "QuantizeLinear" in ops and "Sigmoid" in ops
+
+
+def test_qat_trains_and_exports_int8_without_calibration(trained, taoctl):
+    root, _, _ = trained
+    spec = root / "qat.txt"
+    spec.write_text(_spec(root / "kitti", f"{root}/tfrecords/kitti*", 1,
+                          f'  pretrained_model_file: "{root}/train/weights/model_002.tlt"').replace(
+        "training_config {", "training_config {\n  enable_qat: true"))
+    result = taoctl("detectnet_v2", "train", "-e", spec, "-r", root / "qat", check=True)
+    assert "Quantization-aware training:" in result.stdout
+    model = root / "qat" / "weights" / "model_001.tlt"
+    out = root / "qat_export" / "model.onnx"
+    result = taoctl("detectnet_v2", "export", "-m", model, "-e", spec, "-o", out, "--data_type", "int8", check=True)
+    assert "no calibration data" in result.stdout and "Calibrating" not in result.stdout
+    ops = {node.op_type for node in onnx.load(out).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert out.with_suffix(".cal.bin").read_text().startswith("TRT-")
+    evaluated = taoctl("detectnet_v2", "evaluate", "-e", spec, "-m", out, "-r", root / "qat_eval", check=True)
+    assert "Mean average_precision (in %):" in evaluated.stdout

@@ -228,11 +228,16 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
               f"DeepStream reads it with onnx-file=, not tlt-encoded-model=", flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     result = ExportResult(output)
+    from taoctl.engine import qat
+
+    quantization_aware = qat.is_qat(adapter.module)
     with tempfile.TemporaryDirectory(dir=output.parent) as work:
         fp32 = Path(work) / "fp32.onnx"
-        export_onnx(adapter, fp32, sample, opset)
-        reference = run_onnx(fp32, sample)
-        checks = check_outputs(adapter, reference, torch_outputs(adapter, sample))
+        # A QAT model's float graph is the model with its fake quantisation off.
+        with qat.float_mode(adapter.module) if quantization_aware else contextlib.nullcontext():
+            export_onnx(adapter, fp32, sample, opset)
+            reference = run_onnx(fp32, sample)
+            checks = check_outputs(adapter, reference, torch_outputs(adapter, sample))
         print(f"ONNX fp32 vs PyTorch on {sample_desc}: {_summary(checks)}", flush=True)
         for name, _, failure in checks:
             if failure:
@@ -243,6 +248,18 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
             convert_fp16(fp32, final)
             checks = check_outputs(adapter, run_onnx(final, sample), reference)
             print(f"ONNX fp16 vs fp32: {_summary(checks)}", flush=True)
+        elif data_type == "int8" and quantization_aware:
+            final = Path(work) / "int8.onnx"
+            qat.export_qdq(adapter.module, sample, final, adapter.input_names, adapter.output_names,
+                           {name: {axis: a.name for axis, a in axes.items()} for name, axes in adapter.dynamic_axes.items()},
+                           opset=opset)
+            print("INT8 from quantization-aware training: the scales it learned, no calibration data", flush=True)
+            trained = check_outputs(adapter, run_onnx(final, sample), torch_outputs(adapter, sample))
+            print(f"ONNX int8 vs the QAT model in PyTorch on {sample_desc}: {_summary(trained)}", flush=True)
+            result.cal_cache = Path(cal_cache) if cal_cache else output.with_suffix(".cal.bin")
+            write_trt_cache(result.cal_cache, {name: (-127 * scale, 127 * scale)
+                                               for name, scale in qat.quantized_scales(final).items()})
+            print(f"Wrote TensorRT calibration cache {result.cal_cache} (the QAT scales)", flush=True)
         elif data_type == "int8":
             batches = list(calibration or [])
             if not batches:
@@ -320,7 +337,7 @@ def _static_batch(adapter: ExportAdapter, sample: Mapping[str, np.ndarray],
 
 # --------------------------------------------------------------------------- ONNX export and checks
 @contextlib.contextmanager
-def _quiet_exporter():
+def quiet_exporter():
     """torch.onnx and onnxscript log their progress, and a failed opset conversion as a traceback
     followed by success; the opset is checked afterwards instead."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
@@ -361,7 +378,7 @@ def export_onnx(adapter: ExportAdapter, path, sample: Mapping[str, np.ndarray], 
                 array = np.concatenate([array, array], axis=index)
         traced.append(torch.from_numpy(np.ascontiguousarray(array)))
     refused = f"ONNX opset {opset} cannot be produced for this model"
-    with _quiet_exporter(), torch.no_grad():
+    with quiet_exporter(), torch.no_grad():
         if opset >= DYNAMO_MIN_OPSET:
             program = torch.onnx.export(module, tuple(traced), dynamo=True, input_names=list(adapter.input_names),
                                         output_names=list(adapter.output_names), dynamic_shapes=tuple(dynamic_shapes),

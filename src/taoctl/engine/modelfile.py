@@ -12,6 +12,13 @@ Layout (documented in docs/model_format.md):
   plain file's bytes, with the key derived from KEY by scrypt. GCM's tag makes a wrong key fail
   cleanly instead of yielding garbage.
 
+Names and keys follow the TAO generation whose command form was typed (``tao5_form``): TAO 4's
+``taoctl classification train`` writes ``weights/resnet_080.tlt``, encrypted with ``-k``; TAO 5's
+``taoctl model classification_tf1 train`` writes ``weights/resnet_080.hdf5``, plain whatever
+``-k`` says, as TAO 5's files are, so a notebook that trains with ``-k`` and evaluates, prunes
+or exports without it works. Reading never depends on the suffix: a file is a taoctl model
+file by its contents (plain zip or ``MAGIC``), and ``-k`` is only used when the file is encrypted.
+
 Reading trusts nothing in the file: a damaged or crafted one (truncated, not JSON, not
 safetensors, a member that would inflate far beyond its stored size or the manifest's
 ``weights_bytes``, layer shapes that disagree with the weights, integer weights) is one
@@ -55,6 +62,24 @@ MANIFEST, WEIGHTS = "manifest.json", "weights.safetensors"
 MAX_INFLATION = 100
 MAX_MANIFEST_BYTES = 64 * 2**20
 _ZIP_LOCAL_HEADER = b"PK\x03\x04"
+# Set by the launcher to the TAO 5 command group a subtask was typed under (`taoctl model ...`),
+# unset for TAO 4's form; launcher/entrypoint.py's CLI_GROUP_ENV (the launcher cannot import torch).
+CLI_GROUP_ENV = "TAOCTL_CLI_GROUP"
+
+
+def tao5_form() -> bool:
+    """Whether this run was typed in TAO 5's form (``taoctl model|dataset|deploy <task> ...``)."""
+    return bool(os.environ.get(CLI_GROUP_ENV))
+
+
+def checkpoint_suffix() -> str:
+    """The suffix of the model files a train run writes: TAO 5's ``.hdf5``, TAO 4's ``.tlt``."""
+    return ".hdf5" if tao5_form() else ".tlt"
+
+
+def writing_key(key: str | None) -> str | None:
+    """The key a file is encrypted with: ``key`` in TAO 4's form, none in TAO 5's (plain .hdf5)."""
+    return None if tao5_form() else (key or None)
 
 
 def corrupt(path, what: str) -> TaoctlError:
@@ -113,6 +138,8 @@ def _plaintext_starts_as_zip(key: bytes, nonce: bytes, ciphertext: bytes) -> boo
 
 # --------------------------------------------------------------------------- archive
 def write_archive(path, members: dict[str, bytes], key: str | None = None) -> None:
+    """Write ``members`` as one archive, encrypted with ``writing_key(key)``."""
+    key = writing_key(key)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for name, data in members.items():
@@ -255,10 +282,12 @@ def layer_shapes(model: nn.Module) -> dict[str, dict]:
     """Every shaped layer's constructor arguments, by qualified name."""
     shapes = {}
     for name, module in model.named_modules():
-        args = _SHAPE_ARGS.get(type(module))
-        if args is None:
+        # By the layer's shaped base class: a QAT layer (engine.qat's Conv2d subclass) is recorded as its Conv2d.
+        shaped = next((cls for cls in type(module).__mro__ if cls in _SHAPE_ARGS), None)
+        if shaped is None:
             continue
-        entry = {"type": type(module).__name__}
+        args = _SHAPE_ARGS[shaped]
+        entry = {"type": shaped.__name__}
         for arg in args:
             value = getattr(module, arg)
             entry[arg] = list(value) if isinstance(value, tuple) else value

@@ -20,16 +20,18 @@ import glob
 import io
 import math
 import os
+import shutil
+import signal
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from taoctl.engine import distributed, optim
-from taoctl.engine.cli import echo, finish_dry_run
+from taoctl.engine.cli import Interrupted, echo, finish_dry_run, interrupt_signal
 from taoctl.engine.task import Run, Task, resolve
 from taoctl.errors import TaoctlError
-from taoctl.outputs import refuse_overwrites
+from taoctl.outputs import OverwriteError, refuse_overwrites
 
 # Subtasks that run the model in mixed precision with --use_amp (on a GPU).
 _AMP_SUBTASKS = ("train", "evaluate", "inference")
@@ -72,21 +74,34 @@ def run_subtask(subtask: str, task_ref: str, flags: dict) -> int:
     run = Run(subtask=subtask, flags=flags, spec_path=flags.get("experiment_spec"),
               results_dir=Path(results_dir) if results_dir else None, dist=distributed.current())
     main = run.dist.is_main and int(os.environ.get("RANK", "0")) == 0
-    refuse_overwrites(*_subtask_paths(task, run))  # before --log_file is opened: the flags' paths
-    with tee_output(flags.get("log_file") if main else None):
+    refuse_overwrites(*_subtask_paths(task, run))  # the flags' paths
+    with tee_output(flags.get("log_file") if main else None) as log, _interrupt_named(subtask):
         if run.spec_path:
             run.spec = task.load_spec(run, overrides)
             refuse_overwrites(*_subtask_paths(task, run))  # and the paths the spec names
         elif overrides:
             raise TaoctlError(f"spec overrides ({overrides[0]} ...) need a spec file: pass -e")
+        log.open()  # only now: the log file is known to be none of the inputs
         if flags.get("dry_run"):
             return _dry_run(task, run)
         if flags.get("use_amp") and subtask not in _AMP_SUBTASKS:
             echo(f"Notice: --use_amp has no effect on {subtask} (it applies to {', '.join(_AMP_SUBTASKS)}).")
-        if subtask == "train":  # the trainer writes status.json itself, epoch by epoch
-            return _RUNNERS[subtask](task, run)
         with _subtask_status(run, main):
             return _RUNNERS[subtask](task, run)
+
+
+@contextlib.contextmanager
+def _interrupt_named(subtask: str):
+    """Ctrl-C / SIGTERM as one line naming the subtask (exit 130 / 143), also when a library turned the
+    interrupt into an exception of its own (torch's exporter does)."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except BaseException as exc:
+        if not (isinstance(exc, KeyboardInterrupt) or interrupt_signal()):
+            raise
+        raise Interrupted(subtask, interrupt_signal() or signal.SIGINT) from None
 
 
 # What a subtask reads and what it writes, by flag (click) name; export's --cal_data_file is either.
@@ -116,42 +131,79 @@ def _subtask_paths(task: Task, run: Run) -> tuple[list, list]:
     return inputs, outputs
 
 
+class _LogFile:
+    """``--log_file`` for :func:`tee_output`: what the console shows is kept in memory until :meth:`open`."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = path
+        self.handle = None
+        self.pending = io.StringIO()
+
+    def open(self) -> None:
+        """Create (or append to) the log file and write what was kept so far; later output goes straight in."""
+        if self.path and self.handle is None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "a")
+            self.handle.write(self.pending.getvalue())
+
+    def write(self, text: str) -> None:
+        (self.handle or self.pending).write(text)
+
+    def flush(self) -> None:
+        if self.handle is not None:
+            self.handle.flush()
+
+
 @contextlib.contextmanager
 def tee_output(log_file: str | os.PathLike | None):
-    """Copy stdout and stderr into ``log_file`` (``--log_file``) while the block runs, its error line included."""
+    """Copy stdout and stderr into ``log_file`` (``--log_file``) while the block runs, its error line included.
+
+    Yields the log: the file is opened by ``log.open()``, once the caller knows it is no input (the
+    spec's paths are known only after loading it); what came before is written then. A block that
+    ends without opening it writes it at the end, unless an output was refused (the log may be
+    that output: nothing is written).
+    """
+    log = _LogFile(log_file)
     if not log_file:
-        yield
+        yield log
         return
 
     class Tee(io.TextIOBase):
-        def __init__(self, stream, handle):
-            self.stream, self.handle = stream, handle
+        def __init__(self, stream):
+            self.stream = stream
 
         def write(self, text):
-            self.handle.write(text)
+            log.write(text)
             return self.stream.write(text)
 
         def flush(self):
-            self.handle.flush()
+            log.flush()
             self.stream.flush()
 
         def isatty(self):
             return self.stream.isatty()
 
-    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "a") as handle:
-        saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = Tee(sys.stdout, handle), Tee(sys.stderr, handle)
-        try:
-            yield
-        except TaoctlError as exc:  # the console gets this line from run_command, after the block
-            handle.write(f"taoctl: {exc}\n")
-            raise
-        except Exception as exc:
-            handle.write(f"taoctl: internal error: {type(exc).__name__}: {exc}\n")
-            raise
-        finally:
-            sys.stdout, sys.stderr = saved
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = Tee(sys.stdout), Tee(sys.stderr)
+    try:
+        yield log
+    except BaseException as exc:  # the console gets this line from run_command, after the block
+        if isinstance(exc, OverwriteError) and log.handle is None:
+            raise  # the refused output may be the log itself
+        log.open()
+        if isinstance(exc, TaoctlError):
+            log.write(f"taoctl: {exc}\n")
+        elif isinstance(exc, KeyboardInterrupt) or interrupt_signal():
+            log.write("taoctl: interrupted\n")
+        else:
+            log.write(f"taoctl: internal error: {type(exc).__name__}: {exc}\n")
+        raise
+    else:
+        log.open()
+    finally:
+        sys.stdout, sys.stderr = saved
+        if log.handle is not None:
+            log.handle.close()
 
 
 def _dry_run(task: Task, run: Run) -> int:
@@ -170,24 +222,108 @@ def _dry_run(task: Task, run: Run) -> int:
 
 @contextlib.contextmanager
 def _subtask_status(run: Run, main: bool):
-    """status.json lines for a subtask other than train, as TAO writes them, when it has a results dir."""
+    """status.json lines, as TAO writes them, for a subtask given a results dir (on the main process).
+
+    Train's trainer writes its own lines epoch by epoch; here train gets a FAILURE line when it
+    fails without the trainer having written one (bad data, an arch the model cannot build, at
+    startup); the other subtasks get STARTED, then SUCCESS or FAILURE. A failed run leaves a
+    results dir that held nothing before holding only status.json.
+    """
     if run.results_dir is None or not main:
         yield
         return
     from taoctl.engine.trainer import StatusHook
 
-    run.results_dir.mkdir(parents=True, exist_ok=True)
+    held_nothing = not run.results_dir.is_dir() or not any(run.results_dir.iterdir())
     status = StatusHook(run.results_dir / "status.json")
-    status.write("STARTED", f"Starting {run.subtask}.")
+    written_before = status.path.stat().st_size if status.path.is_file() else 0
+    if run.subtask != "train":
+        run.results_dir.mkdir(parents=True, exist_ok=True)
+        status.write("STARTED", f"Starting {run.subtask}.")
     try:
         yield
-    except KeyboardInterrupt:
-        status.write("FAILURE", f"{run.subtask.capitalize()} interrupted.")
-        raise
     except BaseException as exc:
-        status.write("FAILURE", f"{run.subtask.capitalize()} failed: {exc}")
+        interrupted = isinstance(exc, KeyboardInterrupt) or interrupt_signal() is not None
+        what = "Training" if run.subtask == "train" else run.subtask.capitalize()
+        message = f"{what} interrupted." if interrupted else f"{what} failed: {exc}"
+        _record_failure(run, status, written_before, message, held_nothing)
         raise
-    status.write("SUCCESS", f"{run.subtask.capitalize()} finished successfully.")
+    if run.subtask != "train":
+        status.write("SUCCESS", f"{run.subtask.capitalize()} finished successfully.")
+
+
+def _record_failure(run: Run, status, written_before: int, message: str, held_nothing: bool) -> None:
+    """status.json's FAILURE line for a failed subtask; a results dir that held nothing before is cleared.
+
+    Nothing is written into a dir another run holds (its lock), nor into one a train was refused
+    because it holds another spec's checkpoints; a FAILURE line the trainer wrote is not repeated; a
+    checkpoint is never removed (a re-run resumes from it). A write that fails is ignored: the
+    subtask's own error is the one to report.
+    """
+    import fcntl
+
+    from taoctl.engine.resultsdir import LOCK_FILE, _has_checkpoint
+
+    results_dir = run.results_dir
+    lock_path = results_dir / LOCK_FILE
+    with contextlib.ExitStack() as held:
+        try:
+            results_dir.mkdir(parents=True, exist_ok=True)
+            if lock_path.exists():
+                fcntl.lockf(held.enter_context(open(lock_path, "a")), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # not writable, or another run holds the dir: leave it as it is
+        if run.subtask == "train" and _holds_another_spec(results_dir, run.spec_path):
+            return
+        if not _failure_written_since(status.path, written_before):
+            with contextlib.suppress(OSError):
+                status.write("FAILURE", message)
+        if held_nothing and not _has_checkpoint(results_dir):
+            for entry in results_dir.iterdir():
+                if entry.name in ("status.json", LOCK_FILE):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+            lock_path.unlink(missing_ok=True)  # while this process holds its lock
+
+
+def _holds_another_spec(results_dir: Path, spec_path) -> bool:
+    """Whether train refuses ``results_dir`` as another spec's (``resultsdir.prepare_results_dir``'s test)."""
+    import hashlib
+    import json
+
+    from taoctl.engine.resultsdir import RUN_FILE, _has_checkpoint
+    from taoctl.engine.spec import read_text
+
+    run_file = results_dir / RUN_FILE
+    if not run_file.exists() or not _has_checkpoint(results_dir):
+        return False
+    try:
+        claimed = json.loads(run_file.read_text()).get("spec_sha256")
+        return claimed != hashlib.sha256(read_text(spec_path).encode()).hexdigest()
+    except (OSError, ValueError, AttributeError, TaoctlError):
+        return True
+
+
+def _failure_written_since(path: Path, offset: int) -> bool:
+    """Whether status.json got a FAILURE line after its first ``offset`` bytes (all of it when it shrank)."""
+    import json
+
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset if os.fstat(handle.fileno()).st_size >= offset else 0)
+            lines = handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        try:
+            if json.loads(line).get("status") == "FAILURE":
+                return True
+        except (ValueError, AttributeError):
+            continue
+    return False
 
 
 def _inference_device(run: Run):
@@ -213,7 +349,7 @@ def run_train(task: Task, run: Run) -> int:
 def _train(task: Task, run: Run) -> int:
     from taoctl.engine.resultsdir import prepare_results_dir
     from taoctl.engine.spec import read_text
-    from taoctl.engine.trainer import EvalHook, Trainer, seed_everything
+    from taoctl.engine.trainer import EarlyStoppingHook, EvalHook, Trainer, seed_everything
 
     spec_text = read_text(run.spec_path)
     if run.dist.is_main:
@@ -223,7 +359,16 @@ def _train(task: Task, run: Run) -> int:
     seed_everything(seed + run.dist.rank)
     data = task.train_data(run)
     model = task.build_model(run, data)
-    run.echo(parameter_counts(model))
+    manifest = task.manifest(run, data, spec_text)
+    if task.quantization_aware(run):
+        from taoctl.engine import qat
+
+        # Ranges start from the first training batch, then follow the activations as training moves them.
+        qat.prepare_qat(model, None)
+        manifest["qat"] = qat.qat_state(model)
+        run.echo(f"Quantization-aware training: {len(qat.quantized_layers(model))} layers train with fake INT8")
+    if run.dist.is_main:
+        run.echo(model_summary(model, manifest.get("input_shape")))
     optimization = task.optimization(run, len(data.loader))
     optimizer = optim.build_optimizer(model, optimization.optimizer, optimization.regularizer,
                                       optimization.schedule.base_lr)
@@ -231,13 +376,18 @@ def _train(task: Task, run: Run) -> int:
     step = task.training_step(run, model, data)
     if optimization.regularizer.kind == "L1":
         step = _regularized(step, optimization.regularizer, model)
-    manifest = task.manifest(run, data, spec_text)
     hooks = list(task.train_hooks(run, data))
     validation = task.validation(run, data)
     if validation is not None:
         hooks.append(EvalHook(_validate(task, run, validation.evaluator, manifest), period=validation.period,
                               first_epoch=validation.first_epoch, best_metric=validation.best_metric,
                               mode=validation.mode))
+    if isinstance(optimization.schedule, optim.EarlyStoppingAnnealingSchedule):
+        if validation is None:
+            run.echo("early_stopping_annealing_schedule without validation: the learning rate stays at its maximum "
+                     "after the soft start and every epoch is trained")
+        else:
+            hooks.append(EarlyStoppingHook(optimization.schedule))  # after EvalHook: it reads val_cost
     trainer = Trainer(model, optimizer, data.loader, step, run.results_dir, task.epochs(run), task.model_name(run),
                       manifest, key=run.key, scheduler=scheduler, checkpoint_interval=task.checkpoint_interval(run),
                       device=run.device, amp=bool(run.flags.get("use_amp")), seed=seed,
@@ -254,6 +404,85 @@ def parameter_counts(model) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return (f"Total params: {total:,}\nTrainable params: {trainable:,}\n"
             f"Non-trainable params: {total - trainable:,}")
+
+
+# A big model's summary lists its blocks, not every op: at most this many rows.
+SUMMARY_ROWS = 40
+
+
+def model_summary(model, input_shape=None, max_rows: int = SUMMARY_ROWS) -> str:
+    """Keras's ``model.summary()``: one row per layer (name, type, output shape, parameters), then
+    :func:`parameter_counts`. The layers are the model's children, opened level by level into their
+    own children while the table stays within ``max_rows``. Output shapes come from one forward pass
+    of a zero input of ``input_shape`` (without the batch; the manifest's ``input_shape``) in eval
+    mode, which changes no weight, statistic or random state; without a shape (a token model) the
+    column stays empty.
+    """
+    layers = summary_layers(model, max_rows)
+    shapes = output_shapes(model, layers, input_shape) if input_shape else {}
+    header = ("Layer (type)", "Output Shape", "Param #")
+    rows = [(f"{name} ({type(module).__name__})", shapes.get(name, ""),
+             f"{sum(p.numel() for p in module.parameters()):,}") for name, module in layers]
+    widths = [max(len(row[i]) for row in [header, *rows]) + 3 for i in range(3)]
+    line = "".join(text.ljust(width) for text, width in zip(header, widths)).rstrip()
+    table = ["_" * sum(widths), line, "=" * sum(widths)]
+    table += ["".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(table + ["=" * sum(widths), parameter_counts(model), "_" * sum(widths)])
+
+
+def summary_layers(model, max_rows: int = SUMMARY_ROWS) -> list:
+    """``(qualified name, module)`` of the layers a summary lists. A module holding parameters of its
+    own is never opened, so the rows' parameters add up to the model's."""
+    layers = list(model.named_children()) or [(type(model).__name__, model)]
+    while True:
+        opened, changed = [], False
+        for name, module in layers:
+            children = list(module.named_children())
+            if children and not any(True for _ in module.parameters(recurse=False)):
+                opened += [(f"{name}.{child}", sub) for child, sub in children]
+                changed = True
+            else:
+                opened.append((name, module))
+        if not changed or len(opened) > max_rows:
+            return layers
+        layers = opened
+
+
+def output_shapes(model, layers: list, input_shape) -> dict[str, str]:
+    """Each listed layer's output shape, Keras-style (``(None, 64, 56, 56)``), from one forward pass
+    of a zero input; a layer the forward pass does not call has none."""
+    import torch
+
+    shapes: dict[str, str] = {}
+
+    def recorder(name):
+        def record(module, inputs, output):
+            shapes.setdefault(name, _shape_text(output))
+        return record
+
+    handles = [module.register_forward_hook(recorder(name)) for name, module in layers]
+    modes = {module: module.training for module in model.modules()}
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.eval()  # batch statistics of one zero image would fail or move BatchNorm's running stats
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def _shape_text(output) -> str:
+    if hasattr(output, "shape"):
+        return "(" + ", ".join(["None", *(str(size) for size in output.shape[1:])]) + ")"
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        return "[" + ", ".join(_shape_text(item) for item in output) + "]"
+    return "?"
 
 
 def _validate(task: Task, run: Run, evaluator, manifest: dict):

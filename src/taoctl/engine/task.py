@@ -233,6 +233,11 @@ class Task:
         if manifest.get("task") != self.name:
             raise TaoctlError(f"{path} is a {manifest.get('task') or 'non-taoctl'} model, not a {self.name} model")
         model = self.model_from_manifest(manifest)
+        if manifest.get("qat"):  # trained with fake quantisation: its quantizers and learned ranges come back,
+            from taoctl.engine import qat  # on the layers at the file's (maybe pruned) widths
+
+            modelfile.apply_layer_shapes(model, manifest.get("layers", {}), loaded.state_dict, loaded.path)
+            qat.restore_qat(model, manifest["qat"])
         modelfile.load_weights_into(model, loaded)
         return model.eval(), manifest
 
@@ -270,6 +275,11 @@ class Task:
 
     def validation(self, run: Run, data: TrainData) -> Validation | None:
         return None
+
+    def quantization_aware(self, run: Run) -> bool:
+        """Train with fake INT8 quantisation (``engine.qat``; a TAO spec's ``enable_qat``): export then writes
+        INT8 from the ranges training learned, with no calibration data."""
+        return False
 
     def trainer_options(self, run: Run) -> dict:
         """The trainer's optional behaviour the spec asks for: ``clip_grad_norm``, ``ema_decay``."""

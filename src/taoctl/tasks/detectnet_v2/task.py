@@ -206,6 +206,9 @@ class DetectNetTask(Task):
 
         return step
 
+    def quantization_aware(self, run):
+        return bool(run.spec.training_config.enable_qat)
+
     def train_hooks(self, run, data):
         return [EpochHook(data.dataset, data.loss)]
 
