@@ -11,6 +11,7 @@ from PIL import Image
 
 from taoctl.engine.data import kitti
 from taoctl.engine.data.tfrecord import TFRecordWriter
+from taoctl.engine.detection import images as det_images
 from taoctl.errors import TaoctlError
 from taoctl.tasks.detection_common.convert import example_bytes, shard_path
 from taoctl.tasks.detectnet_v2 import data, spec as dn_spec
@@ -223,12 +224,12 @@ def test_crop_applies_before_resizing(tmp_path):
 def test_load_images_and_unreadable_file(tmp_path):
     good = tmp_path / "a.jpg"
     Image.fromarray(np.full((30, 50, 3), 90, dtype=np.uint8)).save(good)
-    images, sizes = data.load_images([good], 32, 16)
+    images, sizes = det_images.load_images([good], 32, 16)
     assert images.shape == (1, 3, 16, 32) and sizes == [(50, 30)]
     bad = tmp_path / "b.jpg"
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(TaoctlError, match="b.jpg"):
-        data.load_images([good, bad], 32, 16)
+        det_images.load_images([good, bad], 32, 16)
 
 
 def test_augmented_sample_speed(tmp_path):
@@ -294,11 +295,11 @@ def test_persistent_loader_workers_follow_set_epoch(tmp_path):
 
 def test_image_files_and_kitti_frames(dataset, tmp_path):
     root, _ = dataset
-    files = data.image_files(root / "images")
+    files = det_images.image_files(root / "images")
     assert len(files) == 8 and files == sorted(files)
-    assert data.image_files(files[0]) == [files[0]]
+    assert det_images.image_files(files[0]) == [files[0]]
     with pytest.raises(TaoctlError, match="does not exist"):
-        data.image_files(root / "nowhere")
+        det_images.image_files(root / "nowhere")
     labels = root / "labels"
     labels.mkdir()
     (labels / "img000.txt").write_text(

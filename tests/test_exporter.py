@@ -240,7 +240,7 @@ def test_deepstream_config_of_a_classifier(tmp_path):
     assert config.sections() == ["property"]
     prop = config["property"]
     assert prop["network-type"] == "1" and prop["classifier-threshold"] == "0.2" and prop["process-mode"] == "2"
-    assert prop["output-blob-names"] == "predictions" and prop["num-detected-classes"] == "3"
+    assert prop["output-blob-names"] == "predictions/Softmax" and prop["num-detected-classes"] == "3"
     assert prop["model-color-format"] == "1"  # caffe mode feeds BGR
     assert prop["network-mode"] == "1" and prop["int8-calib-file"] == "m.cal.bin"
     assert prop["model-engine-file"] == "m.engine" and "cluster-mode" not in prop

@@ -129,10 +129,10 @@ def test_two_nodes_sharing_a_results_dir_are_one_run_written_by_global_rank_zero
 
     assert "--node_rank 0" in json.loads((results / LOCK_FILE).read_text())["command"]
     assert sorted(path.name for path in results.iterdir()) == sorted(
-        [LOCK_FILE, ".taoctl_run.json", "classmap.json", "metrics.csv", "status.json", "tensorboard", "train.log",
-         "train_state", "weights"])
+        [LOCK_FILE, ".taoctl_run.json", "classmap.json", "events", "metrics.csv", "status.json", "train.log",
+         "train_state", "training.csv", "weights"])
     assert [line["status"] for line in status_lines(results)] == ["STARTED", "RUNNING", "RUNNING", "SUCCESS"]
-    assert len(list((results / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert len(list((results / "events").glob("events.out.tfevents.*"))) == 1
     assert len((results / "metrics.csv").read_text().splitlines()) == 3
     assert sorted(path.name for path in (results / "weights").iterdir()) == ["resnet_001.tlt", "resnet_002.tlt"]
     log = (results / "train.log").read_text()

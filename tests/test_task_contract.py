@@ -308,4 +308,5 @@ def test_init_epoch_beyond_the_spec_and_np_zero_are_refused(trained, tmp_path, c
     assert "--init_epoch 9 is beyond the spec's 4 epochs" in capsys.readouterr().err
     assert taoctl_two_head("train", "-e", spec, "-r", tmp_path / "r", "-np", "0") == 2
     assert "-np/--num_processes must be >= 1 (or -1: one per GPU), got 0" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()
+    # Nothing but the FAILURE line of the refused --init_epoch: no claim on the dir, no checkpoint.
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["status.json"]

@@ -40,7 +40,7 @@ def test_checkpoints_status_and_metrics(tmp_path):
     assert running["max_epoch"] == 3 and "val_accuracy" in running["metrics"]
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,") and len(rows) == 4
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "events").glob("events.out.tfevents.*"))
     assert lines[-2]["metrics"]["val_accuracy"] > 0.9  # the toy problem is learnable
 
 

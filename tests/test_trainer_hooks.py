@@ -103,7 +103,7 @@ def test_validation_runs_from_the_first_epoch_every_period_and_at_the_last(tmp_p
     running = [line for line in status_lines(tmp_path) if line["status"] == "RUNNING"]
     assert [line["epoch"] for line in running if "val_mAP" in line["metrics"]] == validated
     assert running[1]["metrics"]["val_mAP"] == 0.1 and "best" not in running[1]
-    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    events = EventAccumulator(str(tmp_path / "events")).Reload()
     assert [event.step for event in events.Scalars("val_mAP")] == validated
     progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch ")]
     assert "val_mAP 0.2000" in progress[4] and "val_mAP" not in progress[5]

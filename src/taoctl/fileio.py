@@ -39,6 +39,18 @@ def out_of_space_message(exc: OSError) -> str | None:
     return f"{os.strerror(exc.errno).lower()}{where}"
 
 
+@contextlib.contextmanager
+def out_of_space_names(path: str | os.PathLike) -> Iterator[None]:
+    """Out of space inside the block is OutOfSpaceError naming ``path``: the file the user asked for,
+    not the temporary one a library was writing when the disk filled (it may wrap the OSError too)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in NO_SPACE_ERRNOS:
+            raise OutOfSpaceError(path, exc) from exc
+        raise
+
+
 def _discard(path: str | os.PathLike) -> None:
     """Remove a file if it is there; never raises, so a cleanup cannot hide the error that caused it."""
     with contextlib.suppress(OSError):
@@ -66,6 +78,8 @@ def atomic_paths() -> Iterator[Callable[[str | os.PathLike], Path]]:
 
     def stage(path: str | os.PathLike) -> Path:
         path = Path(path)
+        if path.is_dir():  # the rename at the end would fail after all the work
+            raise TaoctlError(f"{path} is a folder: name a file to write")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             staged[path] = _create_beside(path)

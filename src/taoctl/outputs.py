@@ -14,12 +14,16 @@ from collections.abc import Iterable, Mapping
 
 from taoctl.errors import TaoctlError
 
+class OverwriteError(TaoctlError):
+    """An output refused because it is (or is inside) an input, or another output: nothing was written."""
+
+
 # {what: path} or (what, path) pairs (a glob's matches share one field's name); None: not given.
 Paths = Mapping[str, str | os.PathLike | None] | Iterable[tuple[str, str | os.PathLike | None]]
 
 
 def refuse_overwrites(inputs: Paths, outputs: Paths) -> None:
-    """Raise TaoctlError (one line, exit 2) when an output would overwrite or land inside an input.
+    """Raise OverwriteError (one line, exit 2) when an output would overwrite or land inside an input.
 
     ``inputs`` and ``outputs`` map what names a path (a flag such as ``-m``, a spec field such
     as ``train_config.train_dataset_path``) to the path; None means not given. Refused: an
@@ -34,17 +38,17 @@ def refuse_overwrites(inputs: Paths, outputs: Paths) -> None:
             continue
         path = os.fspath(path)
         if not path.strip():
-            raise TaoctlError(f"{what} is empty: name a file or folder")
+            raise OverwriteError(f"{what} is empty: name a file or folder")
         for input_what, input_path in given_inputs:
             if _same(path, input_path):
-                raise TaoctlError(f"{what} {path} is also the input {input_what} ({input_path}): "
+                raise OverwriteError(f"{what} {path} is also the input {input_what} ({input_path}): "
                                   f"choose another output")
             if os.path.isdir(input_path) and _inside(path, input_path):
-                raise TaoctlError(f"{what} {path} is inside the input {input_what} ({input_path}), where it "
+                raise OverwriteError(f"{what} {path} is inside the input {input_what} ({input_path}), where it "
                                   f"would be read back as input: choose an output outside it")
         for other_what, other_path in seen_outputs:
             if _same(path, other_path):
-                raise TaoctlError(f"{what} {path} is also the output {other_what} ({other_path}): "
+                raise OverwriteError(f"{what} {path} is also the output {other_what} ({other_path}): "
                                   f"choose another path for one of them")
         seen_outputs.append((what, path))
 

@@ -9,7 +9,10 @@ entrypoint wrapper adds to every subtask (``--gpus``, ``--use_amp``, ``--log_fil
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import os
+import signal
 import sys
 import traceback
 
@@ -104,46 +107,128 @@ def common_options(func):
     return func
 
 
+# The signal (SIGINT or SIGTERM) that is ending this run, once one arrived; see handle_interrupts.
+_interrupt_signal: int | None = None
+
+
+class Interrupted(TaoctlError):
+    """A run ended by Ctrl-C or SIGTERM: ``<what> interrupted``, exit 128 + the signal, as shells report it."""
+
+    def __init__(self, what: str, signum: int):
+        super().__init__(f"{what} interrupted", exit_code=128 + signum)
+
+
+def interrupt_signal() -> int | None:
+    """The signal that interrupted this run (see :func:`handle_interrupts`), or None."""
+    return _interrupt_signal
+
+
+def handle_interrupts() -> None:
+    """Take SIGINT and SIGTERM as an interrupt: record the signal, then raise KeyboardInterrupt.
+
+    `taoctl stop` and a launcher passing on Ctrl-C signal the run's whole process group, so a
+    subtask's KeyboardInterrupt lets the trainer and the runners write status.json's FAILURE line and
+    context managers remove their temporary files. The recorded signal tells an interrupt apart
+    from the exception a library may turn it into (torch's exporter wraps it in its own error) and
+    gives the exit status (130, 143).
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_interrupt)
+    sys.unraisablehook = _interrupt_in_finalizer
+
+
+def _interrupt_in_finalizer(unraisable, _default=sys.unraisablehook):
+    """An interrupt raised inside a finalizer (a ``__del__`` that ran when the signal came) is swallowed
+    there with an "Exception ignored" traceback; raise it again in the main thread instead."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        _thread.interrupt_main(_interrupt_signal or signal.SIGINT)
+        return
+    _default(unraisable)
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Hold SIGINT/SIGTERM back inside the block, then take the first one as :func:`handle_interrupts` does.
+
+    For library calls that run Python callbacks from C++ (torch's ONNX exporter): a KeyboardInterrupt
+    raised inside them crashed the process (SIGSEGV) or surfaced as another exception. The block is
+    left before the interrupt takes effect, so ``taoctl stop`` waits for one export step at most.
+    """
+    pending: list[int] = []
+    previous = {signum: signal.signal(signum, lambda s, _f: pending.append(s))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if pending:
+        handler = previous[pending[0]]
+        if callable(handler):
+            handler(pending[0], None)
+        else:  # the default action (or none, when ignored), as if it arrived now
+            os.kill(os.getpid(), pending[0])
+
+
+def _on_interrupt(signum, _frame):
+    global _interrupt_signal
+    if _interrupt_signal is None:
+        _interrupt_signal = signum
+        # The DataLoader workers got the same signal and die of it; torch's SIGCHLD handler would then
+        # raise "DataLoader worker ... is killed by signal" in place of this interrupt. Python would
+        # report a pending SIGCHLD set back to SIG_DFL as a race, so a handler that does nothing.
+        signal.signal(signal.SIGCHLD, _ignore_signal)
+    raise KeyboardInterrupt
+
+
+def _ignore_signal(_signum, _frame):
+    return None
+
+
 def run_command(command: click.Command, args: list[str], prog_name: str) -> int:
     """Run a click command the way every taoctl entrypoint does: one line per error.
 
     A TaoctlError or a usage error prints one line and returns its exit code; an unexpected
-    exception prints one line too, and its traceback only with -v / TAOCTL_DEBUG=1.
+    exception prints one line too, and its traceback only with -v / TAOCTL_DEBUG=1. An
+    interrupt (Ctrl-C, SIGTERM), whatever exception it became, is ``taoctl: interrupted`` (the
+    runners name the subtask) with 128 + the signal.
     """
     verbose = "-v" in args or "--verbose" in args or os.environ.get("TAOCTL_DEBUG") == "1"
     try:
         result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.Abort:
-        click.echo("taoctl: aborted", err=True)
-        return 130
-    except click.ClickException as exc:
+    except (click.Abort, KeyboardInterrupt, Exception) as exc:
+        return _report(exc, verbose)
+    # A command may return its exit status (the launcher returns its child's).
+    return result if isinstance(result, int) else 0
+
+
+def _report(exc: BaseException, verbose: bool) -> int:
+    """Print the one line for ``exc`` and return the exit status."""
+    if isinstance(exc, (click.Abort, KeyboardInterrupt)) or (_interrupt_signal and not isinstance(exc, Interrupted)):
+        if verbose and not isinstance(exc, (click.Abort, KeyboardInterrupt)):
+            traceback.print_exc()
+        click.echo("taoctl: interrupted", err=True)
+        return 128 + (_interrupt_signal or signal.SIGINT)
+    if isinstance(exc, click.ClickException):
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             click.echo(exc.ctx.get_usage(), err=True)
         click.echo(f"taoctl: {exc.format_message()}", err=True)
         return exc.exit_code
-    except TaoctlError as exc:
-        if verbose:
-            traceback.print_exc()
+    if verbose:
+        traceback.print_exc()
+    if isinstance(exc, TaoctlError):
         click.echo(f"taoctl: {exc}", err=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("taoctl: interrupted", err=True)
-        return 130
-    except Exception as exc:  # a bug: say what happened in one line, the trace on request
-        if verbose:
-            traceback.print_exc()
-        # ... unless it is a full disk met outside fileio's helpers (they raise OutOfSpaceError).
-        no_space = out_of_space_message(exc) if isinstance(exc, OSError) else None
-        if no_space:
-            click.echo(f"taoctl: {no_space}", err=True)
-            return TaoctlError.exit_code
-        click.echo(f"taoctl: internal error: {type(exc).__name__}: {exc} (rerun with -v for the traceback)",
-                   err=True)
-        return 1
-    # A command may return its exit status (the launcher returns its child's).
-    return result if isinstance(result, int) else 0
+    # A bug: say what happened in one line, the trace on request; unless it is a full disk met
+    # outside fileio's helpers (they raise OutOfSpaceError).
+    no_space = out_of_space_message(exc) if isinstance(exc, OSError) else None
+    if no_space:
+        click.echo(f"taoctl: {no_space}", err=True)
+        return TaoctlError.exit_code
+    click.echo(f"taoctl: internal error: {type(exc).__name__}: {exc} (rerun with -v for the traceback)", err=True)
+    return 1
 
 
 def echo(message: str = "") -> None:

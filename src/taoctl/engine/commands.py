@@ -149,14 +149,80 @@ def subtask_command(subtask: str, task_ref: str, help: str, options=()) -> click
 
         return run_subtask(subtask, task_ref, flags)
 
+    return _command(FLAGS[subtask], callback, help, options)
+
+
+def _command(flag_set, callback, help: str, options) -> click.Command:
+    """A click command of ``flag_set`` plus a task's own ``options`` (which replace shared flags of their names)."""
     own = list(options)
     own_names = {name for decorator in own for name in _option_names(decorator)}
-    shared = [d for d in FLAGS[subtask] if not own_names & set(_option_names(d))]
+    shared = [d for d in flag_set if not own_names & set(_option_names(d))]
     command = common_options(callback)  # innermost: listed after the subtask's own flags in --help
     for decorator in reversed(shared + own):
         command = decorator(command)
     command = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")(command)
     return click.command(context_settings=CONTEXT_SETTINGS, help=help)(command)
+
+
+# TAO 5's tao-deploy (NVIDIA/tao_deploy, cv/<network>/scripts/*.py): `taoctl deploy <task> <action>`.
+DEPLOY_GEN_TRT_ENGINE = [
+    click.option("-m", "--model_path", required=True, help="Exported .onnx (or a taoctl .etlt, which is ONNX)."),
+    click.option("-k", "--key", default=None, help="TAO's .etlt key; taoctl's exports are plain ONNX, so it is unused."),
+    _spec(False),
+    click.option("--data_type", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True),
+    click.option("--engine_file", default=None, help="Engine to write (default: the model's name with .engine)."),
+    click.option("--cal_image_dir", default=None,
+                 help="INT8 of an fp32 ONNX: images to calibrate on (default: the spec's data)."),
+    click.option("--cal_data_file", default=None,
+                 help="INT8: calibration inputs (.npy), read when it exists and no --cal_image_dir is given, "
+                      "else written."),
+    click.option("--cal_cache_file", default=None, help="INT8: TensorRT calibration cache to write."),
+    click.option("--cal_json_file", default=None, help="QAT tensor scales (TAO); unused: taoctl models are not QAT."),
+    click.option("--force_ptq", is_flag=True, help="TAO's post-training quantisation of a QAT model; unused here."),
+    click.option("--batch_size", type=int, default=1, show_default=True, help="INT8 calibration batch size."),
+    click.option("--batches", type=int, default=10, show_default=True, help="INT8 calibration batches."),
+    click.option("--max_batch_size", type=int, default=1, show_default=True,
+                 help="TensorRT profile's largest batch."),
+    click.option("--min_batch_size", type=int, default=1, show_default=True,
+                 help="TensorRT profile's smallest batch."),
+    click.option("--opt_batch_size", type=int, default=None,
+                 help="TensorRT profile's optimal batch (default: half of --max_batch_size)."),
+    click.option("--max_workspace_size", type=float, default=2.0, show_default=True,
+                 help="TensorRT builder's workspace in GB, as tao-deploy's."),
+    click.option("-s", "--strict_type_constraints", is_flag=True,
+                 help="TensorRT layers keep the precision asked for (OBEY_PRECISION_CONSTRAINTS)."),
+    _results_dir(),
+    _STRICT,
+]
+
+DEPLOY_EVALUATE = [
+    click.option("-m", "--model_path", required=True, help="TensorRT engine (gen_trt_engine's) or an .onnx."),
+    _spec(True),
+    click.option("-b", "--batch_size", type=int, default=None, help="Batch size (default: the spec's)."),
+    _results_dir(),
+    _STRICT,
+]
+
+DEPLOY_INFERENCE = [
+    click.option("-m", "--model_path", required=True, help="TensorRT engine (gen_trt_engine's) or an .onnx."),
+    _spec(True),
+    click.option("-b", "--batch_size", type=int, default=None, help="Batch size (default: the spec's or 1)."),
+    _results_dir(),
+]
+
+DEPLOY_FLAGS = {"gen_trt_engine": DEPLOY_GEN_TRT_ENGINE, "evaluate": DEPLOY_EVALUATE, "inference": DEPLOY_INFERENCE}
+
+
+def deploy_command(action: str, task_ref: str, help: str, options=()) -> click.Command:
+    """The click command of ``taoctl deploy <task> <action>`` (``engine/deploy.py`` runs it); as
+    :func:`subtask_command`, ``options`` are the task's own flags."""
+
+    def callback(**flags):
+        from taoctl.engine.deploy import run_deploy
+
+        return run_deploy(action, task_ref, flags)
+
+    return _command(DEPLOY_FLAGS[action], callback, help, options)
 
 
 def flag_names() -> dict[str, str]:

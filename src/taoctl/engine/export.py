@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from taoctl.engine.cli import deferred_interrupts
 from taoctl.errors import TaoctlError
-from taoctl.fileio import write_atomic
+from taoctl.fileio import NO_SPACE_ERRNOS, out_of_space_names, write_atomic
 
 # Opset 13: the oldest TensorRT a DeepStream 6.x/7.x ships (8.0, DeepStream 6.0) parses ONNX up to opset 13,
 # per-channel QDQ (QuantizeLinear's axis, what TensorRT's explicit INT8 reads) starts at 13, and TAO's own
@@ -231,7 +232,7 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
     from taoctl.engine import qat
 
     quantization_aware = qat.is_qat(adapter.module)
-    with tempfile.TemporaryDirectory(dir=output.parent) as work:
+    with out_of_space_names(output), tempfile.TemporaryDirectory(dir=output.parent) as work:
         fp32 = Path(work) / "fp32.onnx"
         # A QAT model's float graph is the model with its fake quantisation off.
         with qat.float_mode(adapter.module) if quantization_aware else contextlib.nullcontext():
@@ -378,7 +379,7 @@ def export_onnx(adapter: ExportAdapter, path, sample: Mapping[str, np.ndarray], 
                 array = np.concatenate([array, array], axis=index)
         traced.append(torch.from_numpy(np.ascontiguousarray(array)))
     refused = f"ONNX opset {opset} cannot be produced for this model"
-    with quiet_exporter(), torch.no_grad():
+    with quiet_exporter(), deferred_interrupts(), torch.no_grad():
         if opset >= DYNAMO_MIN_OPSET:
             program = torch.onnx.export(module, tuple(traced), dynamo=True, input_names=list(adapter.input_names),
                                         output_names=list(adapter.output_names), dynamic_shapes=tuple(dynamic_shapes),
@@ -396,6 +397,8 @@ def export_onnx(adapter: ExportAdapter, path, sample: Mapping[str, np.ndarray], 
                                   dynamic_axes={name: {index: axis.name for index, axis in axes.items()}
                                                 for name, axes in adapter.dynamic_axes.items() if axes})
             except Exception as exc:  # torch raises several types (unsupported operator, tracing errors, ...)
+                if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+                    raise  # a full disk, not the opset: export_model names the output
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise TaoctlError(f"{refused} ({reason}); a newer --target_opset may export it") from None
     try:

@@ -173,7 +173,8 @@ class EarlyStoppingAnnealingSchedule:
     from the current one), and when the cost again stalls for ``patience_epochs`` after annealing has
     finished it returns False: stop training. A run that never validates keeps ``base_lr`` after the
     soft start for its fixed number of epochs. ``annealing_start_step``, ``best_cost`` and
-    ``best_epoch`` are the state a resumed run must restore.
+    ``best_epoch`` are the state a resumed run must restore: :meth:`state_dict` /
+    :meth:`load_state_dict`, which :class:`ScheduledLR` saves and restores with itself.
     """
 
     base_lr: float
@@ -206,6 +207,14 @@ class EarlyStoppingAnnealingSchedule:
             self.best_cost, self.best_epoch = cost, epoch
             return True
         return step - self.annealing_start_step <= self.annealing_steps
+
+    def state_dict(self) -> dict:
+        return {"annealing_start_step": self.annealing_start_step, "best_cost": self.best_cost,
+                "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.annealing_start_step = state["annealing_start_step"]
+        self.best_cost, self.best_epoch = state["best_cost"], state["best_epoch"]
 
 
 LRSchedule = (StepSchedule | SoftAnnealSchedule | SoftStartAnnealingSchedule | SoftStartCosineSchedule
@@ -266,18 +275,41 @@ def regularization_loss(model: nn.Module, regularizer: RegularizerSpec, device) 
     return regularizer.weight * sum(w.abs().sum().to(device) for w in kernels)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule,
-                    decay: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+class ScheduledLR(torch.optim.lr_scheduler.LambdaLR):
     """A per-iteration LambdaLR following ``schedule``, with Keras' time-based ``decay`` on top.
+
+    Its ``state_dict`` is plain data (the trainer's state files hold no pickles) and carries the
+    state of a schedule that has one (early stopping's annealing start and best cost), so a resumed
+    run continues the schedule where it stood, not only at the same step.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: LRSchedule, decay: float = 0.0):
+        self.schedule, self.decay = schedule, decay
+        super().__init__(optimizer, self._factor)
+
+    def _factor(self, step: int) -> float:
+        return self.schedule(step) / self.schedule.base_lr / (1.0 + self.decay * step)
+
+    def state_dict(self) -> dict:
+        state = {k: v for k, v in super().state_dict().items() if k not in ("schedule", "decay")}
+        if hasattr(self.schedule, "state_dict"):
+            state["schedule_state"] = self.schedule.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        schedule_state = state.pop("schedule_state", None)
+        if schedule_state is not None:
+            self.schedule.load_state_dict(schedule_state)
+        super().load_state_dict(state)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule, decay: float = 0.0) -> ScheduledLR:
+    """The per-iteration scheduler following ``schedule`` (see :class:`ScheduledLR`).
 
     The optimizer's groups must start at ``schedule.base_lr`` (build_optimizer's ``base_lr``).
     """
-    base_lr = schedule.base_lr
-
-    def factor(step: int) -> float:
-        return schedule(step) / base_lr / (1.0 + decay * step)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return ScheduledLR(optimizer, schedule, decay)
 
 
 # --------------------------------------------------------------------------- spec adapters

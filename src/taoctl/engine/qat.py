@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from taoctl.engine.export import DEFAULT_OPSET, DYNAMO_MIN_OPSET, quiet_exporter
+from taoctl.engine.cli import deferred_interrupts
 from taoctl.errors import TaoctlError
 
 # Symmetric int8: scale = amax / 127 so +-amax maps to +-127; ONNX's int8 QuantizeLinear saturates at
@@ -412,7 +413,7 @@ def export_qdq(model: nn.Module, sample: Mapping[str, np.ndarray] | torch.Tensor
     with tempfile.TemporaryDirectory(dir=onnx_path.parent) as work:
         raw = Path(work) / "qdq_raw.onnx"
         try:
-            with quiet_exporter(), torch.no_grad():
+            with quiet_exporter(), deferred_interrupts(), torch.no_grad():
                 if opset >= DYNAMO_MIN_OPSET:
                     dims: dict[str, torch.export.Dim] = {}
                     shapes = tuple({axis: dims.setdefault(label, torch.export.Dim(label, min=1, max=4096))

@@ -2,7 +2,9 @@
 
 ``locked_results_dir`` holds an OS lock on ``.taoctl_lock`` in the dir while a run trains; the
 kernel drops it when the process ends however it ends, so a crash never leaves a stale lock.
-``prepare_results_dir`` then checks the dir against the spec recorded in ``.taoctl_run.json``.
+``prepare_results_dir`` then checks the dir against the spec recorded in ``.taoctl_run.json``:
+a fingerprint of what the spec says about training, so comments, layout and the fields that only
+later subtasks read (``TRAINING_NEUTRAL_FIELDS``) can change without the dir being refused.
 Both run on the main process (global rank 0) only: the other ranks and nodes of a run share it.
 """
 
@@ -25,6 +27,11 @@ from taoctl.fileio import write_atomic
 
 LOCK_FILE = ".taoctl_lock"
 RUN_FILE = ".taoctl_run.json"
+# Spec fields that no train run reads. TAO's notebooks have users set eval_config.model_path to
+# the trained checkpoint before evaluate, in the very spec a retrain or resume then uses; TAO 5's
+# YAML specs name each later action's checkpoint.
+TRAINING_NEUTRAL_FIELDS = frozenset({"eval_config.model_path", "evaluate.checkpoint", "inference.checkpoint",
+                                     "prune.checkpoint", "export.checkpoint"})
 
 
 @contextlib.contextmanager
@@ -70,7 +77,104 @@ def _holder(fd: int) -> str:
 
 def _has_checkpoint(results_dir: Path) -> bool:
     """Whether a train run saved a checkpoint (weights or train state) in ``results_dir``."""
-    return any(results_dir.glob("weights/*.tlt")) or any(results_dir.glob("train_state/*.state"))
+    return any(any(results_dir.glob(f"weights/*{suffix}")) for suffix in (".tlt", ".hdf5")) or \
+        any(results_dir.glob("train_state/*.state"))
+
+
+def spec_fingerprint(spec_text: str) -> str:
+    """sha256 of what ``spec_text`` says about training: its tokens (a YAML spec: its values)
+    without ``TRAINING_NEUTRAL_FIELDS``; the raw text's when it is neither YAML nor protobuf text."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(spec_text)
+    except yaml.YAMLError:
+        document = None
+    if isinstance(document, dict):
+        canonical = json.dumps(_without_neutral(document, ""), sort_keys=True, default=str)
+    else:
+        tokens = _proto_tokens(spec_text)
+        canonical = spec_text if tokens is None else "\n".join(_without_neutral_tokens(tokens))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _without_neutral(mapping: dict, prefix: str) -> dict:
+    kept = {}
+    for name, value in mapping.items():
+        path = f"{prefix}{name}"
+        if path in TRAINING_NEUTRAL_FIELDS:
+            continue
+        kept[str(name)] = _without_neutral(value, path + ".") if isinstance(value, dict) else value
+    return kept
+
+
+def _proto_tokens(text: str) -> list[str] | None:
+    """Protobuf text format's tokens (comments and layout dropped), or None when it does not tokenize."""
+    from google.protobuf import text_format
+
+    tokens = []
+    try:
+        tokenizer = text_format.Tokenizer(text.split("\n"))
+        while not tokenizer.AtEnd():
+            tokens.append(tokenizer.token)
+            tokenizer.NextToken()
+    except text_format.ParseError:
+        return None
+    return tokens
+
+
+def _without_neutral_tokens(tokens: list[str]) -> list[str]:
+    """``tokens`` without the fields of ``TRAINING_NEUTRAL_FIELDS`` (each with its value or block)."""
+    kept, path, i = [], [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        following = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if token in ("}", ">"):
+            if path:
+                path.pop()
+            token = "}"  # `a < ... >` and `a: { ... }` are `a { ... }`
+        elif token.isidentifier() and following in (":", "{", "<"):
+            value = i + 2 if following == ":" else i + 1
+            field = ".".join([*path, token])
+            if value < len(tokens) and tokens[value] in ("{", "<"):
+                if field not in TRAINING_NEUTRAL_FIELDS:
+                    path.append(token)
+                    kept += [token, "{"]
+                    i = value + 1
+                else:
+                    i = _value_end(tokens, value)
+                continue
+            end = _value_end(tokens, value)
+            if field not in TRAINING_NEUTRAL_FIELDS:
+                kept += tokens[i:end]
+            i = end
+            continue
+        kept.append(token)
+        i += 1
+    return kept
+
+
+def _value_end(tokens: list[str], start: int) -> int:
+    """Index just past the value beginning at ``start``: a block or list, a signed number, or
+    adjacent string literals (which protobuf text format concatenates)."""
+    if start >= len(tokens):
+        return start
+    if tokens[start] in ("{", "<", "["):
+        depth, i = 0, start
+        while i < len(tokens):
+            depth += tokens[i] in ("{", "<", "[")
+            depth -= tokens[i] in ("}", ">", "]")
+            i += 1
+            if depth == 0:
+                break
+        return i
+    if tokens[start] == "-":
+        return start + 2
+    i = start + 1
+    if tokens[start][:1] in ("'", '"'):
+        while i < len(tokens) and tokens[i][:1] in ("'", '"'):
+            i += 1
+    return i
 
 
 def prepare_results_dir(results_dir, spec_text: str, force: bool = False, task: str = "") -> Path:
@@ -89,14 +193,16 @@ def prepare_results_dir(results_dir, spec_text: str, force: bool = False, task: 
         probe.unlink()
     except OSError as exc:
         raise TaoctlError(f"results dir {results_dir} is not writable: {exc.strerror or exc}") from None
-    digest = hashlib.sha256(spec_text.encode()).hexdigest()
+    digest = spec_fingerprint(spec_text)
+    # Markers written before fingerprints hold the raw text's sha256.
+    accepted = {digest, hashlib.sha256(spec_text.encode()).hexdigest()}
     run_file = results_dir / RUN_FILE
     if run_file.exists() and _has_checkpoint(results_dir):
         try:
             previous = json.loads(run_file.read_text()).get("spec_sha256")
         except (ValueError, AttributeError):
             previous = None  # a damaged marker names no spec: the checkpoints are not known to be this one's
-        if previous != digest:
+        if previous not in accepted:
             if not force:
                 raise TaoctlError(f"results dir {results_dir} holds checkpoints of a different spec; "
                                   f"use another -r, or --force to start over there")

@@ -237,6 +237,7 @@ def _subtask_status(run: Run, main: bool):
     held_nothing = not run.results_dir.is_dir() or not any(run.results_dir.iterdir())
     status = StatusHook(run.results_dir / "status.json")
     written_before = status.path.stat().st_size if status.path.is_file() else 0
+    marker_before = _run_marker(run.results_dir)
     if run.subtask != "train":
         run.results_dir.mkdir(parents=True, exist_ok=True)
         status.write("STARTED", f"Starting {run.subtask}.")
@@ -246,18 +247,32 @@ def _subtask_status(run: Run, main: bool):
         interrupted = isinstance(exc, KeyboardInterrupt) or interrupt_signal() is not None
         what = "Training" if run.subtask == "train" else run.subtask.capitalize()
         message = f"{what} interrupted." if interrupted else f"{what} failed: {exc}"
-        _record_failure(run, status, written_before, message, held_nothing)
+        claimed = _run_marker(run.results_dir) != marker_before
+        _record_failure(run, status, written_before, message, held_nothing, claimed)
         raise
     if run.subtask != "train":
         status.write("SUCCESS", f"{run.subtask.capitalize()} finished successfully.")
 
 
-def _record_failure(run: Run, status, written_before: int, message: str, held_nothing: bool) -> None:
+def _run_marker(results_dir: Path) -> tuple[int, int] | None:
+    """Which run marker (``resultsdir.RUN_FILE``) the dir holds: a claim by train writes a new file."""
+    from taoctl.engine.resultsdir import RUN_FILE
+
+    try:
+        marker = (results_dir / RUN_FILE).stat()
+    except OSError:
+        return None
+    return marker.st_ino, marker.st_mtime_ns
+
+
+def _record_failure(run: Run, status, written_before: int, message: str, held_nothing: bool,
+                    claimed: bool) -> None:
     """status.json's FAILURE line for a failed subtask; a results dir that held nothing before is cleared.
 
-    Nothing is written into a dir another run holds (its lock), nor into one a train was refused
-    because it holds another spec's checkpoints; a FAILURE line the trainer wrote is not repeated; a
-    checkpoint is never removed (a re-run resumes from it). A write that fails is ignored: the
+    Nothing is written into a dir another run holds (its lock), nor by a train into a dir holding
+    checkpoints that it did not claim (``claimed``: it rewrote the run marker; refused as another
+    spec's dir, that dir's status is that run's); a FAILURE line the trainer wrote is not repeated;
+    a checkpoint is never removed (a re-run resumes from it). A write that fails is ignored: the
     subtask's own error is the one to report.
     """
     import fcntl
@@ -273,7 +288,7 @@ def _record_failure(run: Run, status, written_before: int, message: str, held_no
                 fcntl.lockf(held.enter_context(open(lock_path, "a")), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return  # not writable, or another run holds the dir: leave it as it is
-        if run.subtask == "train" and _holds_another_spec(results_dir, run.spec_path):
+        if run.subtask == "train" and not claimed and _has_checkpoint(results_dir):
             return
         if not _failure_written_since(status.path, written_before):
             with contextlib.suppress(OSError):
@@ -287,24 +302,6 @@ def _record_failure(run: Run, status, written_before: int, message: str, held_no
                 else:
                     entry.unlink(missing_ok=True)
             lock_path.unlink(missing_ok=True)  # while this process holds its lock
-
-
-def _holds_another_spec(results_dir: Path, spec_path) -> bool:
-    """Whether train refuses ``results_dir`` as another spec's (``resultsdir.prepare_results_dir``'s test)."""
-    import hashlib
-    import json
-
-    from taoctl.engine.resultsdir import RUN_FILE, _has_checkpoint
-    from taoctl.engine.spec import read_text
-
-    run_file = results_dir / RUN_FILE
-    if not run_file.exists() or not _has_checkpoint(results_dir):
-        return False
-    try:
-        claimed = json.loads(run_file.read_text()).get("spec_sha256")
-        return claimed != hashlib.sha256(read_text(spec_path).encode()).hexdigest()
-    except (OSError, ValueError, AttributeError, TaoctlError):
-        return True
 
 
 def _failure_written_since(path: Path, offset: int) -> bool:

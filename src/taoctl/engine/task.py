@@ -241,6 +241,15 @@ class Task:
         modelfile.load_weights_into(model, loaded)
         return model.eval(), manifest
 
+    def own_manifest(self, path, key: str | None) -> dict | None:
+        """The manifest of ``path`` when it is a taoctl model file of this task (retraining, pruned or
+        not), or None for any other weights file (ImageNet, a classifier, an NGC .hdf5)."""
+        try:
+            manifest = modelfile.load_model(path, key).manifest
+        except TaoctlError:
+            return None
+        return manifest if manifest.get("task") == self.name else None
+
     def preprocess(self, manifest: dict) -> Callable:
         """Raw inputs (as the task's data gives them) -> the model's input array, or a dict of arrays by
         the export adapter's input names for a model with several inputs (token ids, attention mask)."""

@@ -9,12 +9,20 @@ goes through hooks, by default (in this order):
   ``checkpoint_interval`` epochs and at the end, plus the optimizer/scheduler/RNG state beside
   it in ``train_state/`` so that re-running the same command resumes from the newest one;
 * ``StatusHook``: ``status.json`` lines as TAO writes them (STARTED/RUNNING/SUCCESS/FAILURE);
-* ``MetricsCSVHook``: ``metrics.csv``, one row per epoch;
-* ``TensorBoardHook``: scalars under ``tensorboard/``;
+* ``TrainingCSVHook``: ``training.csv`` as TAO's Keras CSVLogger writes it (its column names);
+* ``MetricsCSVHook``: ``metrics.csv``, one row per epoch with taoctl's names and epoch times;
+* ``TensorBoardHook``: scalars under ``events/``, where TAO's networks put their TensorBoard logs;
 * ``ProgressHook``: a bar with ETA on a terminal, plain periodic lines in logs.
 A task adds ``EvalHook(evaluate, period, first_epoch, best_metric)`` for validation (it runs
 before the hooks above, so its ``val_*`` values reach them) and may replace any default hook by
 giving one with the same ``name``. Only the main process (rank 0) runs hooks that write.
+
+``init_epoch`` (``--init_epoch N``) continues from the end of epoch N-1: from its train state
+when ``train_state/`` holds it (weights, optimizer moments, scheduler, RNG: the same run as one
+never stopped), else from its weights (or, without those, from the model given, as TAO's recipe
+of pointing the spec's pretrained model at the checkpoint does) with the learning-rate schedule
+moved to epoch N and a one-line warning that the optimizer starts afresh. Without it, a results
+dir holding checkpoints resumes from the newest.
 """
 
 from __future__ import annotations
@@ -28,11 +36,13 @@ import random
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -154,12 +164,55 @@ def _val_name(metric: str) -> str:
     return metric if metric.startswith("val") else f"val_{metric}"
 
 
+class EarlyStoppingHook(Hook):
+    """Feeds each validation's cost to a schedule that anneals and stops on it (DetectNet_v2's
+    ``early_stopping_annealing_schedule``: ``optim.EarlyStoppingAnnealingSchedule``, the one the
+    trainer's scheduler follows) and ends training when the schedule says so.
+
+    It fills logs so that it runs right after ``EvalHook`` (give it after that hook) and before the
+    checkpoint is written, which then holds the schedule's new state. Every process runs it with the
+    main process's cost, so that under DDP all of them anneal at the same step and stop together.
+    """
+
+    name = "early_stopping"
+    main_only = False
+    fills_logs = True
+
+    def __init__(self, schedule, metric: str = "val_cost"):
+        self.schedule = schedule
+        self.metric = _val_name(metric)
+
+    def after_epoch(self, trainer, epoch, logs):
+        validated = any(name.startswith("val_") for name in logs)
+        if validated and self.metric not in logs:
+            raise TaoctlError(f"validation gave no {self.metric} for early_stopping_annealing_schedule "
+                              f"(it gave {', '.join(k for k in logs if k.startswith('val_'))})")
+        cost = _main_process_value(logs.get(self.metric, math.nan), trainer.device)
+        if math.isnan(cost):
+            return  # no validation this epoch
+        if not self.schedule.observe_validation(epoch, cost, trainer.global_step):
+            trainer.stop_training = True
+            if trainer.dist.is_main:
+                print(f"Early stopping at epoch {epoch}: the validation cost has not improved for "
+                      f"{self.schedule.patience_epochs} epochs since annealing ended (best "
+                      f"{self.schedule.best_cost:.6g} at epoch {self.schedule.best_epoch})", flush=True)
+
+
+def _main_process_value(value: float, device: torch.device) -> float:
+    """The main process's ``value`` on every process (itself without DDP)."""
+    if not distributed.current().enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    torch_dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
 class CheckpointHook(Hook):
     name = "checkpoint"
     keep_states = 2
 
     def after_epoch(self, trainer, epoch, logs):
-        if epoch % trainer.checkpoint_interval and epoch != trainer.max_epochs:
+        if epoch % trainer.checkpoint_interval and epoch != trainer.max_epochs and not trainer.stop_training:
             return
         trainer.save_checkpoint(epoch)
         states = sorted(trainer.state_dir.glob(f"{trainer.model_name}_*.state"))
@@ -201,6 +254,33 @@ class StatusHook(Hook):
 
     def after_train(self, trainer, status, message):
         self.write(status, message, epoch=trainer.last_epoch, max_epoch=trainer.max_epochs, **self._best(trainer))
+
+
+class TrainingCSVHook(Hook):
+    """``training.csv`` as TAO's Keras CSVLogger writes it (classification_tf1's OneIndexedCSVLogger):
+    ``epoch`` (from 1), then the epoch's logs in sorted order under Keras 2.2.4's names, which TAO's
+    TF1 networks run on: ``acc,loss,lr,val_acc,val_loss`` for a classifier (Keras 2.2.4 logs the
+    ``accuracy`` metric as ``acc``). Scripts written for TAO read these names; an epoch without
+    validation leaves its ``val_*`` cells empty.
+    """
+
+    name = "training_csv"
+    keras_names = {"accuracy": "acc", "val_accuracy": "val_acc"}
+    not_logged = ("epoch", "time_per_epoch")  # epoch is the first column; Keras logs no epoch time
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def after_epoch(self, trainer, epoch, logs):
+        rows = [{self.keras_names.get(k, k): v for k, v in row.items() if k not in self.not_logged}
+                for row in trainer.history]
+        columns = sorted({k for row in rows for k in row})
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["epoch"] + columns)
+        for source, row in zip(trainer.history, rows):
+            writer.writerow([source["epoch"]] + [row.get(c, "") for c in columns])
+        write_atomic(self.path, buffer.getvalue())
 
 
 class MetricsCSVHook(Hook):
@@ -323,7 +403,8 @@ class Trainer:
         self.device = device or torch.device("cpu")
         self.amp = amp_enabled(self.device, amp)
         self.seed = seed
-        self.start_epoch = max(int(init_epoch or 1), 1)
+        self.init_epoch = max(int(init_epoch or 1), 1)
+        self.start_epoch = self.init_epoch
         self.resume = resume
         self.clip_grad_norm = clip_grad_norm
         self.ema_decay = ema_decay
@@ -335,13 +416,14 @@ class Trainer:
         self.epoch = self.last_epoch = self.start_epoch - 1
         self.eta_s = 0.0
         self.global_step = 0
+        self.stop_training = False  # set by a hook (early stopping) to end training after this epoch
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.hooks = _arrange_hooks(self.default_hooks(progress_interval_s), list(hooks))
 
     def default_hooks(self, progress_interval_s: float) -> list[Hook]:
         return [CheckpointHook(), StatusHook(self.results_dir / "status.json"),
-                MetricsCSVHook(self.results_dir / "metrics.csv"), TensorBoardHook(self.results_dir / "tensorboard"),
-                ProgressHook(progress_interval_s)]
+                TrainingCSVHook(self.results_dir / "training.csv"), MetricsCSVHook(self.results_dir / "metrics.csv"),
+                TensorBoardHook(self.results_dir / "events"), ProgressHook(progress_interval_s)]
 
     # ------------------------------------------------------------------ paths
     @property
@@ -353,11 +435,12 @@ class Trainer:
         return self.results_dir / "train_state"
 
     def weights_path(self, epoch: int) -> Path:
-        return self.weights_dir / f"{self.model_name}_{epoch:03d}.tlt"
+        # TAO 5's form (`taoctl model ...`) names checkpoints .hdf5 as TAO 5 does; TAO 4's .tlt.
+        return self.weights_dir / f"{self.model_name}_{epoch:03d}{modelfile.checkpoint_suffix()}"
 
     @property
     def best_weights_path(self) -> Path:
-        return self.weights_dir / f"{self.model_name}_best.tlt"
+        return self.weights_dir / f"{self.model_name}_best{modelfile.checkpoint_suffix()}"
 
     def state_path(self, epoch: int) -> Path:
         return self.state_dir / f"{self.model_name}_{epoch:03d}.state"
@@ -382,6 +465,7 @@ class Trainer:
         """The train state, then the weights: a run killed between the two resumes from the previous
         epoch, and an epoch's weights file never exists without the state a rerun resumes from."""
         state = {"epoch": epoch, "global_step": self.global_step, "history": self.history,
+                 "stopped_early": self.stop_training,
                  "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                  "scaler": self.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
@@ -393,13 +477,14 @@ class Trainer:
         modelfile.save_state(self.state_path(epoch), state, key=self.key)
         self.save_weights(self.weights_path(epoch), epoch)
 
-    def newest_checkpoint(self) -> int | None:
+    def saved_states(self) -> list[int]:
+        """The epochs ``train_state/`` holds a state of, oldest first."""
         pattern = re.compile(rf"^{re.escape(self.model_name)}_(\d+)\.state$")
-        epochs = []
-        for path in self.state_dir.glob("*.state"):
-            match = pattern.match(path.name)
-            if match and self.weights_path(int(match.group(1))).exists():
-                epochs.append(int(match.group(1)))
+        matches = (pattern.match(path.name) for path in self.state_dir.glob("*.state"))
+        return sorted(int(match.group(1)) for match in matches if match)
+
+    def newest_checkpoint(self) -> int | None:
+        epochs = [epoch for epoch in self.saved_states() if self.weights_path(epoch).exists()]
         return max(epochs) if epochs else None
 
     def _restore(self, epoch: int) -> None:
@@ -421,6 +506,8 @@ class Trainer:
         random.setstate(state["python_rng"])
         self.history = [dict(row) for row in state["history"]]
         self.global_step = state["global_step"]
+        # A run that stopped early is finished: rerunning its command trains no further epoch.
+        self.stop_training = bool(state.get("stopped_early", False))
         self.start_epoch = epoch + 1
         self.last_epoch = epoch
 
@@ -439,19 +526,62 @@ class Trainer:
         if generator is not None:
             generator.manual_seed(self.seed * 1000 + epoch)
 
+    def _continue_from(self, previous: int) -> None:
+        """``--init_epoch previous + 1``: the run continues from the end of epoch ``previous``."""
+        states_after = [epoch for epoch in self.saved_states() if epoch > previous]
+        if previous in self.saved_states() and self.weights_path(previous).exists():
+            self._restore(previous)
+            self._announce(f"Resuming from epoch {previous} checkpoint {self.weights_path(previous)} "
+                           f"(--init_epoch {self.init_epoch})")
+        else:
+            weights = self.weights_path(previous)
+            if weights.exists():
+                modelfile.load_weights_into(self.bare_model, modelfile.load_model(weights, self.key))
+                source = (f"no train state of epoch {previous} in {self.state_dir} (the newest "
+                          f"{CheckpointHook.keep_states} are kept); continuing from {weights}")
+            else:
+                source = (f"no checkpoint of epoch {previous} in {self.weights_dir}; training from the model the "
+                          f"spec builds (point its pretrained model at the epoch {previous} checkpoint, as TAO's "
+                          f"recipe does)")
+            self._schedule_from_epoch(previous)
+            self._announce(f"Warning: --init_epoch {self.init_epoch}: {source} with fresh optimizer moments and the "
+                           f"learning-rate schedule at epoch {self.init_epoch}")
+        # Later states belong to the run this one replaces: the next plain rerun resumes this one.
+        if self.dist.is_main:
+            for epoch in states_after:
+                self.state_path(epoch).unlink(missing_ok=True)
+
+    def _schedule_from_epoch(self, previous: int) -> None:
+        """Step counter and scheduler as at the end of epoch ``previous`` (the scheduler's rate
+        being a function of its step count, as ``optim.build_scheduler``'s is)."""
+        self.global_step = previous * len(self.train_loader)
+        self.last_epoch = previous
+        if self.scheduler is not None:
+            self.scheduler.last_epoch = self.global_step - 1
+            with warnings.catch_warnings():
+                # The scheduler's step before any optimizer step is deliberate here.
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                self.scheduler.step()
+
+    def _announce(self, line: str) -> None:
+        if self.dist.is_main:
+            print(line, flush=True)
+
     def train(self) -> nn.Module:
-        """Train (resuming from ``train_state/`` when it holds a checkpoint) and return ``eval_model``."""
+        """Train (from ``init_epoch``, or resuming from the newest checkpoint in ``train_state/``) and
+        return ``eval_model``."""
         split = spans_devices(self.model)  # model parallel: its layers stay where they were placed
         if not split:
             self.model.to(self.device)
         if self.ema_decay is not None:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
-        if self.resume:
+        if self.resume and self.init_epoch > 1:
+            self._continue_from(self.init_epoch - 1)
+        elif self.resume:
             newest = self.newest_checkpoint()
             if newest is not None:
                 self._restore(newest)
-                if self.dist.is_main:
-                    print(f"Resuming from epoch {newest} checkpoint {self.weights_path(newest)}", flush=True)
+                self._announce(f"Resuming from epoch {newest} checkpoint {self.weights_path(newest)}")
         if self.dist.enabled:
             # DDP wants no device_ids for a module on several devices (and for CPU).
             device_ids = [self.device.index] if self.device.type == "cuda" and not split else None
@@ -488,6 +618,8 @@ class Trainer:
             raise TaoctlError("the training set is empty (no batches): check the dataset path and batch size")
         epoch_times: list[float] = []
         for epoch in range(self.start_epoch, self.max_epochs + 1):
+            if self.stop_training:
+                break
             self.epoch = epoch
             self._set_epoch_shuffle(epoch)
             self.model.train()

@@ -18,7 +18,7 @@ from taoctl import __version__
 from taoctl.engine.cli import MultiValueOption, run_command
 from taoctl.errors import TaoctlError, did_you_mean
 from taoctl.launcher import images, jobs, registry, speccheck
-from taoctl.launcher.entrypoint import PROG_ENV
+from taoctl.launcher.entrypoint import CLI_GROUP_ENV, PROG_ENV
 from taoctl.launcher.runtime import docker as docker_runtime
 from taoctl.launcher.runtime import local
 
@@ -75,10 +75,13 @@ class TaskCommand(click.Command):
         if task.direct:
             subtask = task.name
         elif not args or args[0] in ("-h", "--help"):
-            click.echo(task_help(task))
+            click.echo(deploy_help(task) if _in_deploy_group(ctx) else task_help(task))
             return 0
         else:
             subtask, args = args[0], args[1:]
+        typed = subtask
+        if not task.direct and _in_deploy_group(ctx):  # deploy.<action>: the module scripts/deploy/<action>.py
+            subtask = f"{registry.DEPLOY}.{subtask}"
         runtime_name, args = _take_launcher_flags(args, ctx.find_root().params.get("runtime"))
         docker_options, args = docker_runtime.take_flags(args)
         # --image only before the task: after it, `-i/--image` is classification inference's.
@@ -90,7 +93,12 @@ class TaskCommand(click.Command):
             return _run(runtime_name, list(args), task.name, "run", args, docker_options)
         task.check_subtask(subtask)
         # Help and usage lines name the command as the user typed it (TAO 4 or TAO 5 form).
-        os.environ[PROG_ENV] = ctx.command_path if task.direct else f"{ctx.command_path} {subtask}"
+        os.environ[PROG_ENV] = ctx.command_path if task.direct else f"{ctx.command_path} {typed}"
+        cli_group = getattr(ctx.parent.command, "cli_group", None) if ctx.parent else None
+        if cli_group:
+            os.environ[CLI_GROUP_ENV] = cli_group
+        else:
+            os.environ.pop(CLI_GROUP_ENV, None)
         command = local.entrypoint_command(task.name, subtask, args)
         if "--dry-run" in args or "--dry_run" in args:
             # The plan is the launcher's to tell; the subtask then checks its spec and paths.
@@ -155,6 +163,18 @@ def task_help(task: registry.Task) -> str:
     return "\n".join(lines)
 
 
+def _in_deploy_group(ctx: click.Context) -> bool:
+    return ctx.parent is not None and getattr(ctx.parent.command, "cli_group", None) == registry.DEPLOY
+
+
+def deploy_help(task: registry.Task) -> str:
+    lines = [f"Usage: taoctl deploy {task.name} ACTION [ARGS]...", "",
+             f"  {task.name}: TensorRT engines (TAO 5's tao-deploy); image {image_for(task)}", "", "Actions:"]
+    lines += [f"  {action}" for action in task.deploy_actions]
+    lines += ["", f"`taoctl deploy {task.name} ACTION --help` lists the action's flags."]
+    return "\n".join(lines)
+
+
 def image_for(task: registry.Task) -> str:
     return images.image_for(task)
 
@@ -176,8 +196,15 @@ def cli(ctx, runtime, image, mounts, auto_mount):
         click.echo(ctx.get_help())
 
 
+def _usage_without_task(ctx: click.Context) -> None:
+    """`taoctl model` alone: its usage, once (click's own no-arguments error printed it twice)."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
 for _group in (registry.MODEL, registry.DATASET, registry.DEPLOY):
-    cli.add_command(TaoctlGroup(name=_group, cli_group=_group, help=f"TAO 5 form: taoctl {_group} <task> <action>."))
+    cli.add_command(TaoctlGroup(name=_group, cli_group=_group, help=f"TAO 5 form: taoctl {_group} <task> <action>.",
+                                invoke_without_command=True, callback=click.pass_context(_usage_without_task)))
 
 
 @cli.command()
@@ -192,12 +219,20 @@ def info(verbose):
     click.echo("")
     click.echo(f"{'task':<38}{'group':<16}{'image':<28}{'state':<13}subtasks")
     for task in registry.TASKS:
-        state = "implemented" if task.implemented else "planned"
+        state = _task_state(task)
         names = [s if s in task.implemented_subtasks else f"{s}*" for s in task.subtasks]
         alias = f" ({', '.join(task.aliases)})" if task.aliases else ""
         click.echo(f"{task.name + alias:<38}{task.group:<16}{image_for(task):<28}{state:<13}{' '.join(names)}")
-    click.echo("\n* planned subtask\n")
+    click.echo("\n* planned subtask; partial: some of the task's subtasks are implemented\n")
     click.echo("\n".join(images.status_lines()))
+
+
+def _task_state(task: registry.Task) -> str:
+    """implemented (every TAO subtask), partial (some) or planned (none)."""
+    implemented = set(task.implemented_subtasks)
+    if not implemented:
+        return "planned"
+    return "implemented" if implemented >= set(task.tao_subtasks) else "partial"
 
 
 @cli.command(name="list")

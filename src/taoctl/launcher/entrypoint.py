@@ -22,6 +22,10 @@ from taoctl.launcher.registry import get_task
 DDP_CHILD_ENV = "TAOCTL_DDP_CHILD"
 # The command as the user typed it (`taoctl dataset augmentation`), for help and usage lines.
 PROG_ENV = "TAOCTL_PROG"
+# The TAO 5 command group (`model`, `dataset`, `deploy`) the subtask was typed under; unset for
+# TAO 4's `taoctl <task> <subtask>`. The engine names its files and applies -k as that TAO
+# generation does (taoctl.engine.modelfile.CLI_GROUP_ENV reads the same variable).
+CLI_GROUP_ENV = "TAOCTL_CLI_GROUP"
 # What every subtask process gets unless the user set the variable. OpenMP's default
 # spin-waiting made eager PyTorch 5-50x slower whenever other work shared the cores
 # (bench/bench_omp_wait.py); libgomp reads the policy once, when torch loads it.
@@ -84,19 +88,15 @@ def die_with_parent(parent_pid: int | None = None) -> None:
         os._exit(1)
 
 
-def _interrupt(_signum, _frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    # `taoctl stop` (and a launcher passing on its own SIGTERM) ends a run with SIGTERM. Taken
-    # as an interrupt, it lets the trainer and the runners write status.json's FAILURE line
-    # ("Training interrupted.") and context managers remove their temporary files.
-    signal.signal(signal.SIGTERM, _interrupt)
+    from taoctl.engine.cli import handle_interrupts, run_command  # click only; keeps `--help` fast
+
+    # `taoctl stop` and Ctrl-C (passed on by the launcher) end a run with SIGTERM / SIGINT: an
+    # interrupt that writes status.json's FAILURE line and removes temporary files on the way out.
+    handle_interrupts()
     argv = list(sys.argv[1:] if argv is None else argv)
     # Before anything loads torch, for runtimes that start this module directly (a container).
     os.environ.update(subtask_env_defaults(os.environ))
-    from taoctl.engine.cli import run_command  # click only; keeps `--help` fast
 
     if len(argv) < 2:
         print("usage: python -m taoctl.launcher.entrypoint TASK SUBTASK [ARGS...]", file=sys.stderr)
@@ -116,19 +116,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"taoctl: {subtask} runs as one process; {flag} {nproc} uses one device "
                   f"(subtasks that run as several: {several})", file=sys.stderr, flush=True)
         elif not {"--dry-run", "--dry_run"} & set(args):
-            import subprocess
+            from taoctl.launcher import torchrun
 
             command = torchrun_command(task.name, subtask, args, nproc)
             print(f"Launching {nproc} processes: {' '.join(command[2:6])} ...", flush=True)
             env = dict(os.environ, **{DDP_CHILD_ENV: "1"})
             entrypoint = os.getpid()
-            return subprocess.call(command, env=env, preexec_fn=lambda: die_with_parent(entrypoint))
+            verbose = bool({"-v", "--verbose"} & set(args)) or os.environ.get("TAOCTL_DEBUG") == "1"
+            return torchrun.run(command, env, subtask, verbose, preexec_fn=lambda: die_with_parent(entrypoint))
     if os.environ.get(DDP_CHILD_ENV):
         die_with_parent()  # a torchrun worker ends with its agent, which ends with this run's entrypoint
 
     module = importlib.import_module(task.module_for(subtask))
     prog = os.environ.get(PROG_ENV) or (f"taoctl {task.name}" if task.direct else f"taoctl {task.name} {subtask}")
-    return run_command(module.command, args, prog_name=prog)
+    code = run_command(module.command, args, prog_name=prog)
+    # Its one line is out: a signal while the interpreter exits (torchrun stopping the other processes)
+    # ends it at once instead of raising KeyboardInterrupt in an atexit callback.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    return code
 
 
 if __name__ == "__main__":

@@ -107,7 +107,12 @@ def running_jobs() -> list[dict]:
     return jobs
 
 
-def stop_job(record: dict, grace_s: float = 10.0) -> None:
+# How long a stopped job gets to write its FAILURE line and exit before SIGKILL: torchrun's agent gives
+# its workers 30 s, and a DDP run's processes took 5-10 s to exit on a loaded 2-core machine.
+STOP_GRACE_S = 30.0
+
+
+def stop_job(record: dict, grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM the job's process group, then SIGKILL what is left after the grace time.
 
     The process is checked against its record before each signal, so a job that ended

@@ -61,17 +61,37 @@ class Task:
         return bool(self.implemented_subtasks)
 
     @property
+    def deploy_actions(self) -> tuple[str, ...]:
+        """``taoctl deploy <task> <action>``'s actions: the modules in ``scripts/deploy/`` (TAO 5's tao-deploy)."""
+        folder = self.scripts_dir / DEPLOY if self.scripts_dir else None
+        if folder is None or not folder.is_dir():
+            return ()
+        return tuple(sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")))
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The TAO 5 command groups the task answers in; a task with deploy actions is in ``deploy`` too."""
+        return self.cli_groups + ((DEPLOY,) if DEPLOY not in self.cli_groups and self.deploy_actions else ())
+
+    @property
     def subtasks(self) -> tuple[str, ...]:
         extra = tuple(s for s in self.implemented_subtasks if s not in self.tao_subtasks)
         return self.tao_subtasks + extra
 
     def module_for(self, subtask: str) -> str:
-        """Dotted name of the module holding the subtask's click command."""
+        """Dotted name of the module holding the subtask's click command (``deploy.<action>``: ``scripts/deploy/``)."""
         return f"taoctl.tasks.{self.package}.scripts.{subtask}"
 
     def check_subtask(self, subtask: str) -> None:
         if subtask in self.implemented_subtasks:
             return
+        group, dot, action = subtask.partition(".")
+        if dot and group == DEPLOY:  # a deploy action travels as deploy.<action>, its module's dotted name
+            if action in self.deploy_actions:
+                return
+            choices = self.deploy_actions
+            raise TaoctlError(f'unknown action "{action}" for taoctl deploy {self.name}'
+                              f"{did_you_mean(action, choices)}; actions: {', '.join(choices) or 'none'}")
         if subtask in self.subtasks:
             raise TaoctlError(f"`{self.name} {subtask}` is not implemented yet in taoctl {__version__}")
         choices = self.subtasks + ("run",)
@@ -126,12 +146,12 @@ _BY_NAME = {t.name: t for t in TASKS} | {a: t for t in TASKS for a in t.aliases}
 
 def task_names(cli_group: str | None = None) -> list[str]:
     """Every name a task answers to (aliases included), optionally within a TAO 5 group."""
-    return sorted(n for n, t in _BY_NAME.items() if cli_group is None or cli_group in t.cli_groups)
+    return sorted(n for n, t in _BY_NAME.items() if cli_group is None or cli_group in t.groups)
 
 
 def get_task(name: str, cli_group: str | None = None) -> Task:
     task = _BY_NAME.get(name)
-    if task is not None and (cli_group is None or cli_group in task.cli_groups):
+    if task is not None and (cli_group is None or cli_group in task.groups):
         return task
     where = f"taoctl {cli_group}" if cli_group else "taoctl"
     raise TaoctlError(f'unknown task "{name}" for {where}{did_you_mean(name, task_names(cli_group))}; '

@@ -25,6 +25,7 @@ from taoctl import __version__
 from taoctl.errors import TaoctlError
 from taoctl.launcher import images, jobs, registry
 from taoctl.launcher import mounts as mounts_mod
+from taoctl.launcher.entrypoint import CLI_GROUP_ENV, PROG_ENV
 
 NAME = "docker"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
@@ -212,7 +213,9 @@ def container_spec(task: registry.Task, subtask: str, args: list[str], config: m
         command=command, detach=True, init=True, stop_signal="SIGINT",
         user=options.get("user") or f"{os.getuid()}:{os.getgid()}",
         # HOME: the host user has no home in the image; caches (matplotlib, torch) go to /tmp.
-        environment={"HOME": "/tmp", **config.envs},
+        # The command form as typed (TAO 4 or TAO 5) travels too: usage lines and file naming follow it.
+        environment={"HOME": "/tmp", **{name: os.environ[name] for name in (PROG_ENV, CLI_GROUP_ENV)
+                                        if name in os.environ}, **config.envs},
         mounts=[Mount(m.destination, m.source, type="bind") for m in translator.mounts + translator.added],
         labels={LABEL: __version__, "taoctl.task": task.name, "taoctl.subtask": subtask,
                 "taoctl.user": _user_name(), "taoctl.uid": str(os.getuid()),

@@ -4,12 +4,18 @@ What is classification's own: ImageFolder data with its class map, the softmax c
 step (label smoothing, mixup, distillation), top-k / per-class metrics with a confusion matrix,
 ``result.csv`` inference, the classifier-input pruning extension and the export adapter
 (softmax output, DeepStream network-type 1). Everything else is the engine's runners.
+
+What TAO's users' scripts read is TAO's (its makenet evaluate and inference scripts): the
+``predictions/Softmax`` output, results.json's ``top_k_accuracy``, the ``Evaluation Loss`` /
+``Evaluation Top K accuracy`` lines, ``-i``'s ``Current predictions`` / ``Class label`` /
+``Class name`` lines, and ``-d``'s header-less ``result.csv`` (path, class name, confidence).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import time
@@ -48,6 +54,8 @@ class ClassificationEvaluator(Evaluator):
             meter.update(log_probs, target, float(-log_probs[np.arange(len(target)), target].sum()))
         seconds = time.perf_counter() - started
         report = meter.report(self.classes)
+        # TAO's key (eval_config.top_k's accuracy) beside taoctl's top1_accuracy and top{k}_accuracy.
+        report["top_k_accuracy"] = report[f"top{report['top_k']}_accuracy"]
         report.update({"model": predictor.source, "dataset": self.dataset, "seconds": seconds,
                        "images_per_second": len(self.arrays) / max(seconds, 1e-9)})
         return report
@@ -56,6 +64,8 @@ class ClassificationEvaluator(Evaluator):
         return {"loss": report["loss"], "accuracy": report["top1_accuracy"]}
 
     def write(self, report: dict, out_dir: Path) -> None:
+        print(f"Evaluation Loss: {report['loss']}", flush=True)
+        print(f"Evaluation Top K accuracy: {report['top_k_accuracy']}", flush=True)
         text = format_report(report)
         print(text, flush=True)
         print(f"({report['num_images']} images in {report['seconds']:.2f} s, {report['images_per_second']:.1f} "
@@ -141,7 +151,8 @@ class Distillation:
         return (1 - self.alpha) * hard_loss + self.alpha * kd
 
 
-INPUT, OUTPUT = "input_1", "predictions"
+# TAO's tensor names: DeepStream configs and tao-converter `-o` lists name the Keras softmax's output.
+INPUT, OUTPUT = "input_1", "predictions/Softmax"
 
 
 def top1_agreement(reference: dict[str, np.ndarray], quantised: dict[str, np.ndarray]) -> str:
@@ -192,7 +203,7 @@ class ClassificationTask(Task):
 
         mc = run.spec.model_config
         n_layers = int(mc.n_layers) or None
-        # TAO names checkpoints after the family (resnet_080.tlt), other archs by their name.
+        # TAO names checkpoints after the family (resnet_080.tlt / .hdf5), other archs by their name.
         return str(mc.arch).split(":")[0].lower() if n_layers else resolve_arch(mc.arch, n_layers)
 
     def preprocess(self, manifest):
@@ -264,7 +275,11 @@ class ClassificationTask(Task):
         workers = min(int(tc.n_workers), max(cpu_threads() // 2, 0))
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None,
                                              sampler=sampler, num_workers=workers,
-                                             drop_last=len(dataset) > batch_size,
+                                             # Every image is trained each epoch (TAO's Keras iterator keeps the
+                                             # last partial batch) except a last batch of one image: BatchNorm
+                                             # in training mode fails on one value per channel (1x1 maps).
+                                             drop_last=(len(sampler if sampler is not None else dataset)
+                                                        % batch_size == 1 and len(dataset) > batch_size),
                                              generator=torch.Generator().manual_seed(seed),
                                              persistent_workers=workers > 0,
                                              worker_init_fn=imagefolder.seed_worker_transform)
@@ -374,17 +389,32 @@ class ClassificationTask(Task):
         paths = list_images(image, image_dir)
         rows, skipped = classify(predictor, paths, run.flag("batch_size", 1),
                                  bool(run.spec.eval_config.enable_center_crop))
-        for path, label, confidence in rows:
-            print(f"{path}: {label} ({confidence:.4f})", flush=True)
         for path, why in skipped:
             print(f"Warning: skipped {why}", flush=True)
         if not rows:
             raise TaoctlError(f"none of the {len(paths)} image(s) could be read: {skipped[0][1]}")
-        if image_dir:
-            out = run.results_dir or Path(image_dir).resolve().parent
+        classes = common.classes_of(predictor.manifest)
+        if image:
+            _, probabilities = rows[0]
+            best = int(probabilities.argmax())
+            print(f"Current predictions: {probabilities[None]}", flush=True)
+            print(f"Class label = {best}", flush=True)
+            print(f"Class name = {classes[best]}", flush=True)
+            return
+        for path, probabilities in rows:
+            best = int(probabilities.argmax())
+            print(f"{path}: {classes[best]} ({probabilities[best]:.4f})", flush=True)
+        # TAO writes result.csv into the image folder, or into -r when it is given.
+        out = run.results_dir or Path(image_dir)
+        try:
             out.mkdir(parents=True, exist_ok=True)
-            write_result_csv(out / "result.csv", rows)
-            print(f"Wrote {out / 'result.csv'} ({len(rows)} images, {len(skipped)} skipped)", flush=True)
+            write_result_csv(out / "result.csv", rows, classes)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):  # a read-only image folder
+                raise
+            raise TaoctlError(f"cannot write {out / 'result.csv'}: {exc.strerror}; pass -r DIR to write it there") \
+                from None
+        print(f"Wrote {out / 'result.csv'} ({len(rows)} images, {len(skipped)} skipped)", flush=True)
 
     # ------------------------------------------------------------------ prune / export
     def sample_inputs(self, run, manifest, folder, count):
@@ -491,9 +521,8 @@ def list_images(image=None, image_dir=None) -> list[str]:
 
 
 def classify(predictor, paths: list[str], batch_size: int, center_crop: bool):
-    """(path, label, confidence) per image; unreadable files are reported and skipped."""
+    """(path, class probabilities) per image; unreadable files are reported and skipped."""
     shape, interp = tuple(predictor.manifest["input_shape"]), predictor.manifest.get("interpolation", "BILINEAR")
-    classes = common.classes_of(predictor.manifest)
     mode = "center" if center_crop else "resize"
     rows, skipped = [], []
     for start in range(0, len(paths), batch_size):
@@ -507,18 +536,18 @@ def classify(predictor, paths: list[str], batch_size: int, center_crop: bool):
         if not arrays:
             continue
         probs = predictor(np.stack([a.transpose(2, 0, 1) for a in arrays]))[0]
-        for path, p in zip(kept, probs):
-            best = int(p.argmax())
-            rows.append((path, classes[best], float(p[best])))
+        rows += zip(kept, np.asarray(probs, dtype=np.float32))
     return rows, skipped
 
 
-def write_result_csv(path: Path, rows) -> None:
+def write_result_csv(path: Path, rows, classes: list[str]) -> None:
+    """TAO's result.csv: no header, one ``path,class name,confidence`` line per image, the
+    confidence as TAO's pandas writes a float32."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "label", "confidence"])
-    for image, label, confidence in rows:
-        writer.writerow([image, label, f"{confidence:.6f}"])
+    writer = csv.writer(buffer, lineterminator="\n")
+    for image, probabilities in rows:
+        best = int(probabilities.argmax())
+        writer.writerow([image, classes[best], str(probabilities[best])])
     write_atomic(path, buffer.getvalue())
 
 

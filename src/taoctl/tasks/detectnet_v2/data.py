@@ -35,6 +35,7 @@ import torch
 
 from taoctl.engine.data import kitti
 from taoctl.engine.data.tfrecord import expand_paths
+from taoctl.engine.detection.images import read_rgb, resized
 from taoctl.errors import TaoctlError
 from taoctl.tasks.detectnet_v2.encoding import STRIDE
 
@@ -178,30 +179,13 @@ def _notice_resize(frames: list[kitti.Frame], preprocessing, echo) -> None:
              f"({listed}); resizing them to it (TAO needs enable_auto_resize: true for this)")
 
 
-def _read_rgb(path: str) -> np.ndarray:
-    import cv2
-
-    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise TaoctlError(f"cannot read image {path} (missing, corrupt or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    import cv2
-
-    if image.shape[1] == width and image.shape[0] == height:
-        return image
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-
-
 def _frame_sample(frame: kitti.Frame, class_index: dict[str, int], width: int, height: int,
                   preprocessing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(H x W x 3 uint8 image cropped and resized, boxes [N, 4] in output pixels, classes [N])."""
-    image = _read_rgb(frame.image_path)
+    image = read_rgb(frame.image_path)
     actual_h, actual_w = image.shape[:2]
     left, top, right, bottom = _crop_box(preprocessing, actual_w, actual_h, frame.image_path)
-    image = _resized(image[top:bottom, left:right], width, height)
+    image = resized(image[top:bottom, left:right], width, height)
     # The label's coordinates are in the frame's recorded size; the decoded image's is the truth.
     scale_to_image = np.array([actual_w / frame.width, actual_h / frame.height] * 2, dtype=np.float32)
     objects = [o for o in frame.objects if o.cls in class_index]
@@ -346,21 +330,6 @@ def load_eval_samples(frames: Sequence[kitti.Frame], class_names: list[str], wid
     return images, boxes, classes
 
 
-def image_files(path: str | os.PathLike) -> list[str]:
-    """The images to infer on: the image files of a folder, sorted, or one image file."""
-    path = os.fspath(path)
-    if os.path.isfile(path):
-        return [path]
-    if not os.path.isdir(path):
-        raise TaoctlError(f"image path {path} does not exist")
-    files = sorted(os.path.join(path, name) for name in os.listdir(path)
-                   if os.path.splitext(name)[1].lower() in kitti.IMAGE_EXTENSIONS
-                   and os.path.isfile(os.path.join(path, name)))
-    if not files:
-        raise TaoctlError(f"no images in {path} (looked for {', '.join(kitti.IMAGE_EXTENSIONS)})")
-    return files
-
-
 def kitti_frames(image_dir: str | os.PathLike, label_dir: str | os.PathLike, spec,
                  class_names: list[str]) -> list[kitti.Frame]:
     """Frames of a KITTI folder pair (evaluate's -i/-l), classes mapped by ``dataset_config.target_class_mapping``."""
@@ -370,14 +339,3 @@ def kitti_frames(image_dir: str | os.PathLike, label_dir: str | os.PathLike, spe
     if not frames:
         raise TaoctlError(f"no labelled images in {image_dir} with labels in {label_dir}")
     return [_mapped(f, mapping, class_names) for f in frames]
-
-
-def load_images(paths: Sequence[str | os.PathLike], width: int, height: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Images resized to the network input, uint8 [N, 3, H, W], and each one's original (width, height)."""
-    images = np.empty((len(paths), 3, height, width), dtype=np.uint8)
-    sizes = []
-    for i, path in enumerate(paths):
-        image = _read_rgb(os.fspath(path))
-        sizes.append((image.shape[1], image.shape[0]))
-        images[i] = _resized(image, width, height).transpose(2, 0, 1)
-    return images, sizes

@@ -17,8 +17,10 @@ import torch
 
 from taoctl.engine import distributed, export, optim
 from taoctl.engine.device import cpu_threads
+from taoctl.engine.detection import images as det_images
 from taoctl.engine.metrics.detection import ImageTargets
-from taoctl.engine.task import Run, Task, TrainData, Validation, is_onnx
+from taoctl.engine.detection.task import TF1DetectionTask
+from taoctl.engine.task import TrainData, Validation
 from taoctl.engine.trainer import Hook
 from taoctl.errors import TaoctlError
 from taoctl.tasks.detectnet_v2 import data as dn_data
@@ -57,7 +59,7 @@ class EpochHook(Hook):
         self.loss.end_epoch()
 
 
-class DetectNetTask(Task):
+class DetectNetTask(TF1DetectionTask):
     name = NAME
     spec_module = "taoctl.tasks.detectnet_v2.spec"
 
@@ -125,7 +127,7 @@ class DetectNetTask(Task):
         model = dn_model.build(data.arguments, len(data.classes), list(mc.freeze_blocks), bool(mc.freeze_bn))
         source = mc.pretrained_model_file
         if source:
-            own = self._detectnet_manifest(source, run.key)
+            own = self.own_manifest(source, run.key)
             if own is not None and own.get("pruning") and not mc.load_graph:
                 raise TaoctlError(f"model_config.pretrained_model_file {source} is a pruned model: set "
                                   f"model_config.load_graph: true to retrain it with its pruned layer widths")
@@ -142,27 +144,7 @@ class DetectNetTask(Task):
             model.backbone.set_freeze_bn(bool(mc.freeze_bn))
         return model
 
-    @staticmethod
-    def _detectnet_manifest(source, key) -> dict | None:
-        """The manifest of a taoctl detectnet_v2 model file, or None for any other weights file."""
-        from taoctl.engine import modelfile
-
-        try:
-            manifest = modelfile.load_model(source, key).manifest
-        except TaoctlError:
-            return None
-        return manifest if manifest.get("task") == NAME else None
-
     # ------------------------------------------------------------------ training
-    def seed(self, run):
-        return int(run.spec.random_seed) or 42
-
-    def epochs(self, run):
-        return int(run.spec.training_config.num_epochs) or 1
-
-    def checkpoint_interval(self, run):
-        return int(run.spec.training_config.checkpoint_interval) or 1
-
     def train_data(self, run):
         spec = run.spec
         seed = self.seed(run)
@@ -310,14 +292,14 @@ class DetectNetTask(Task):
         else:
             params = postprocess.params_from_postprocessing(spec.postprocessing_config, classes)
             options = inference.overlay_options(None, classes)
-        paths = dn_data.image_files(run.flags["image_dir"])
+        paths = det_images.image_files(run.flags["image_dir"])
         _, height, width = predictor.manifest["input_shape"]
         batch = int(run.flags.get("batch_size") or 1)
         out = Path(run.flags["results_dir"])
         written = 0
         for start in range(0, len(paths), batch):
             chunk = paths[start:start + batch]
-            images, sizes = dn_data.load_images(chunk, width, height)
+            images, sizes = det_images.load_images(chunk, width, height)
             cov, bbox = predictor(images)
             for path, size, image_detections in zip(chunk, sizes,
                                                     postprocess.cluster_batch(cov, bbox, params, (width, height))):
@@ -327,10 +309,10 @@ class DetectNetTask(Task):
 
     # ------------------------------------------------------------------ prune / export
     def sample_inputs(self, run, manifest, folder, count):
-        paths = dn_data.image_files(folder)
+        paths = det_images.image_files(folder)
         chosen = [paths[i] for i in sorted(np.random.default_rng(0).permutation(len(paths))[:max(count, 1)])]
         _, height, width = manifest["input_shape"]
-        return dn_data.load_images(chosen, width, height)[0]
+        return det_images.load_images(chosen, width, height)[0]
 
     def default_sample_folder(self, run):
         """The folder of the spec's training images (TFRecords name them under image_directory_path)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taoctl.engine.spec import SpecKind, at_least, check_arch, fraction, non_negative, positive
+from taoctl.engine.spec import FieldError, SpecKind, at_least, check_arch, fraction, non_negative, positive
 from taoctl.engine.spec import load as _load
 from taoctl.tasks.detection_common.spec import KINDS as _DETECTION_KINDS
 from taoctl.tasks.detection_common.spec import PROBABILITY, TRAINING_RANGES
@@ -13,8 +13,19 @@ _BACKEND = "NVIDIA/tao_tensorflow1_backend/nvidia_tao_tf1/cv/yolo_v3/experiment_
 
 
 def validate_experiment(spec) -> None:
-    """``yolov3_config.arch`` (with ``yolov3_config.nlayers``) must name a registered backbone (``validate``)."""
+    """``yolov3_config.arch`` (with ``yolov3_config.nlayers``) must name a registered backbone, and each
+    anchor string must be a list of positive (width, height) pairs (``validate``)."""
+    from taoctl.engine.detection.anchors import parse_anchor_shape
+    from taoctl.errors import TaoctlError
+
     check_arch(spec, "yolov3_config.arch", "yolov3_config.nlayers")
+    for name in ("small_anchor_shape", "mid_anchor_shape", "big_anchor_shape"):
+        text = getattr(spec.yolov3_config, name)
+        if text:  # unset is ``required``'s
+            try:
+                parse_anchor_shape(text, f"yolov3_config.{name}")
+            except TaoctlError as exc:
+                raise FieldError(f"yolov3_config.{name}", str(exc)) from None
 
 
 KINDS = {

@@ -1,6 +1,6 @@
 """taoctl classification evaluate: loss, top-k accuracy, per-class precision/recall, confusion matrix.
 
-Takes a .tlt model or an exported .onnx (fp32/fp16/int8; its class map from -cm or the
+Takes a taoctl model file (.tlt, .hdf5) or an exported .onnx (fp32/fp16/int8; its class map from -cm or the
 classmap.json beside it); the model defaults to eval_config.model_path. Writes results.json,
 confusion_matrix.png and evaluation.txt to -r (default: the model's folder).
 """

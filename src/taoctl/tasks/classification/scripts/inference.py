@@ -1,7 +1,9 @@
 """taoctl classification inference: label one image (-i) or a folder (-d, writes result.csv).
 
-Works with a .tlt model or an exported .onnx. Prints "path: label (confidence)" per image;
-with -d, result.csv (path,label,confidence) goes to -r (default: the image folder's parent).
+Works with a taoctl model file (.tlt, .hdf5) or an exported .onnx. -i prints TAO's
+"Current predictions" / "Class label" / "Class name" lines; -d prints "path: label (confidence)"
+per image and writes TAO's result.csv (path,class name,confidence; no header) into -r, or into
+the image folder when -r is not given.
 """
 
 import click

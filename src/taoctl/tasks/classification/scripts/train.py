@@ -1,7 +1,8 @@
 """taoctl classification train: TAO makenet training from an experiment spec.
 
-Writes ``classmap.json``, ``weights/<arch>_<epoch:03d>.tlt``, status.json, metrics.csv and
-TensorBoard logs under ``-r``; re-running the same command resumes.
+Writes ``classmap.json``, ``weights/<arch>_<epoch:03d>.tlt`` (``.hdf5`` in TAO 5's form,
+``taoctl model classification_tf1 train``, where -k does not encrypt), status.json, metrics.csv
+and TensorBoard logs under ``-r``; re-running the same command resumes.
 """
 
 import click

@@ -1,8 +1,9 @@
 """taoctl detectnet_v2 train: DetectNet_v2 from an experiment spec, TAO's flags.
 
 Writes ``weights/<model_name>_<epoch:03d>.tlt`` (and ``<model_name>_best.tlt``, the epoch with the
-best validation mAP), status.json, metrics.csv and TensorBoard logs under ``-r``; validation mAP per
-``evaluation_config.validation_period_during_training``. Re-running the same command resumes.
+best validation mAP), status.json, training.csv, metrics.csv and TensorBoard events (``events/``)
+under ``-r``; validation mAP per ``evaluation_config.validation_period_during_training``.
+Re-running the same command resumes.
 Retrain a pruned model through ``model_config.pretrained_model_file`` with ``load_graph: true``.
 """
 

@@ -1,0 +1,36 @@
+"""The seed's DetectNet_v2 sequence on real data (../shared/data/bccd_kitti), asserting issue 13's figures.
+
+Runs docs/detectnet_v2_bccd.sh end to end (about 40 minutes on the 2-core CPU when the machine is
+quiet): train from ImageNet weights, evaluate on the test split, prune, retrain, export fp32 and
+INT8, evaluate both exports on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BCCD = REPO.parent / "shared" / "data" / "bccd_kitti"
+
+
+def _map(folder: Path) -> float:
+    return json.loads((folder / "results.json").read_text())["mAP"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BCCD.is_dir(), reason="needs ../shared/data/bccd_kitti")
+def test_seed_sequence_on_bccd(tmp_path):
+    runs = tmp_path / "bccd"
+    subprocess.run(["bash", "docs/detectnet_v2_bccd.sh", str(runs)], cwd=REPO, check=True, timeout=4 * 3600)
+    unpruned = _map(runs / "evaluate")
+    retrained = _map(runs / "evaluate_retrained")
+    fp32 = _map(runs / "evaluate_model")
+    int8 = _map(runs / "evaluate_model_int8")
+    assert unpruned >= 0.90, f"test mAP50 {unpruned:.4f} < 90 %"
+    assert retrained >= 0.97 * unpruned, f"pruned + retrained keeps {retrained / unpruned:.1%} < 97 %"
+    assert fp32 == pytest.approx(retrained, abs=1e-4)  # the ONNX model detects what PyTorch does
+    assert int8 >= 0.99 * fp32, f"INT8 keeps {int8 / fp32:.1%} of fp32 < 99 %"
