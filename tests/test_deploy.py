@@ -73,7 +73,7 @@ def test_deploy_group_lists_actions_and_refuses_unknown_ones(taoctl):
     listed = taoctl("deploy", "classification_tf1", check=True)
     assert all(action in listed.stdout for action in ("gen_trt_engine", "evaluate", "inference"))
     assert "did you mean \"gen_trt_engine\"" in _one_error_line(taoctl("deploy", "classification", "gen_trt_engin"))
-    assert 'unknown task or command "yolo_v3"' in taoctl("deploy", "yolo_v3", "evaluate").stderr
+    assert 'unknown task or command "yolo_v4"' in taoctl("deploy", "yolo_v4", "evaluate").stderr
     assert "--max_workspace_size" in taoctl("deploy", "detectnet_v2", "gen_trt_engine", "--help", check=True).stdout
     # the deploy actions are not model subtasks
     assert "gen_trt_engine" not in taoctl("model", "classification", check=True).stdout

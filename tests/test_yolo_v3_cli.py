@@ -121,17 +121,28 @@ def test_evaluate_model_file_and_onnx_agree(trained, taoctl):
     assert "mAP" in first.stdout and "blue          AP" in first.stdout
     export = taoctl("yolo_v3", "export", "-m", model, "-o", root / "export" / "model.onnx", "-e", spec,
                     "--gen_ds_config", check=True)
-    assert "custom bounding-box parser" in export.stdout
+    assert "through taoctl's post-processing: num_detections" in export.stdout
     taoctl("yolo_v3", "evaluate", "-e", spec, "-m", root / "export" / "model.onnx", "-r", root / "eval_onnx",
            check=True)
+    # tao-deploy's evaluate and inference read the same BatchedNMS outputs of the .onnx
+    taoctl("deploy", "yolo_v3", "evaluate", "-e", spec, "-m", root / "export" / "model.onnx", "-r",
+           root / "eval_deploy", check=True)
+    taoctl("deploy", "yolo_v3", "inference", "-e", spec, "-m", root / "export" / "model.onnx", "-i",
+           root / "kitti" / "images", "-r", root / "infer_deploy", "-t", "0.0", "-b", "4", check=True)
+    assert len(list((root / "infer_deploy" / "labels").glob("*.txt"))) == IMAGES
     ours = json.loads((root / "eval" / "results.json").read_text())
     theirs = json.loads((root / "eval_onnx" / "results.json").read_text())
+    deployed = json.loads((root / "eval_deploy" / "results.json").read_text())
     assert ours["num_images"] == 5 and ours["mAP"] == pytest.approx(theirs["mAP"], abs=1e-6)
+    assert deployed["mAP"] == pytest.approx(theirs["mAP"], abs=1e-6)
     graph = onnx.load(root / "export" / "model.onnx").graph
-    assert [o.name for o in graph.output] == ["boxes", "scores"]
+    assert [o.name for o in graph.output] == ["num_detections", "nmsed_boxes", "nmsed_scores", "nmsed_classes"]
+    assert [d.dim_value for d in graph.output[1].type.tensor_type.shape.dim][1:] == [50, 4]  # nms_config.top_k
     config = (root / "export" / "nvinfer_config.txt").read_text()
-    assert "network-type=0" in config and "output-blob-names=boxes;scores" in config and "cluster-mode=2" in config
-    assert "pre-cluster-threshold=0.001" in config and "topk=50" in config
+    assert "network-type=0" in config and "cluster-mode=3" in config
+    assert "output-blob-names=num_detections;nmsed_boxes;nmsed_scores;nmsed_classes" in config
+    assert "parse-bbox-func-name=NvDsInferParseCustomBatchedNMSTLT" in config
+    assert "pre-cluster-threshold=0.001" in config
     assert (root / "export" / "labels.txt").read_text().split() == ["blue", "red"]
     folder = taoctl("yolo_v3", "evaluate", "-e", spec, "-m", root / "export" / "model.onnx", "-r", root / "eval_dir",
                     "-i", root / "kitti" / "images", "-l", root / "kitti" / "labels", "-b", "4", check=True)

@@ -114,3 +114,148 @@ def test_loss_prefers_the_right_answer_and_neutral_anchors_cost_no_objectness():
     strict = YoloLoss(decode, LossWeights(ignore_iou=0.8), (WIDTH, HEIGHT))
     _, terms_strict = strict(two, boxes, classes)
     assert terms_strict["noobj"] > 100 * terms_neutral["noobj"]
+
+
+# --------------------------------------------------------------------------- export: TAO's BatchedNMS outputs
+def _small_yolo(seed: int = 0):
+    from taoctl.tasks.yolo_v3 import model as yolo_model
+
+    arguments = {"arch": "resnet", "n_layers": 10, "input_image_size": "3,64,96", "arch_conv_blocks": 0,
+                 "force_relu": False, "anchors": [a.tolist() for a in ANCHORS]}
+    torch.manual_seed(seed)
+    model = yolo_model.build(arguments, 2).eval()
+    with torch.no_grad():  # livelier heads than a fresh model's "nothing here" objectness: many candidates
+        for head in (model.conv_sm_object, model.conv_mid_object, model.conv_big_object):
+            head.weight.normal_(std=0.3)
+            head.bias.view(-1, 7)[:, 4] = 0.0
+    manifest = {"task": "yolo_v3", "model": arguments, "classes": ["blue", "red"], "input_shape": [3, 64, 96],
+                "normalizer": {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "bgr": False}}
+    return model, manifest
+
+
+def _run_with_nms(top_k: int = 12, confidence: float = 0.05, iou: float = 0.5):
+    from google.protobuf import text_format
+
+    from taoctl.engine.task import Run
+    from taoctl.tasks.yolo_v3.proto import experiment_pb2
+
+    spec = text_format.Parse(f"nms_config {{ confidence_threshold: {confidence} clustering_iou_threshold: {iou} "
+                             f"top_k: {top_k} }}", experiment_pb2.Experiment())
+    return Run("export", {}, spec=spec)
+
+
+def _images(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, 3, 64, 96), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from taoctl.engine import export
+    from taoctl.tasks.yolo_v3.task import TASK
+
+    model, manifest = _small_yolo()
+    run = _run_with_nms(top_k=12)
+    adapter = TASK.export_adapter(run, model, manifest)
+    path = tmp_path_factory.mktemp("yolo_export") / "model.onnx"
+    export.export_model(adapter, path, {"Input": _images(2)}, gen_ds_config=True)
+    return run, model, manifest, adapter, path
+
+
+def test_export_writes_taos_batched_nms_outputs(exported):
+    import onnx
+
+    _, _, _, _, path = exported
+    graph = onnx.load(str(path)).graph
+    assert [o.name for o in graph.output] == ["num_detections", "nmsed_boxes", "nmsed_scores", "nmsed_classes"]
+    shapes = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output}
+    types = {o.name: o.type.tensor_type.elem_type for o in graph.output}
+    assert shapes == {"num_detections": ["batch", 1], "nmsed_boxes": ["batch", 12, 4], "nmsed_scores": ["batch", 12],
+                      "nmsed_classes": ["batch", 12]}
+    assert types == {"num_detections": onnx.TensorProto.INT32, "nmsed_boxes": onnx.TensorProto.FLOAT,
+                     "nmsed_scores": onnx.TensorProto.FLOAT, "nmsed_classes": onnx.TensorProto.FLOAT}
+    nms_node = next(n for n in graph.node if n.op_type == "NonMaxSuppression")
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    assert values[nms_node.input[3]].tolist() == pytest.approx([0.5])  # clustering_iou_threshold
+    assert values[nms_node.input[4]].tolist() == pytest.approx([0.05])  # confidence_threshold
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnxruntime_outputs_equal_the_pytorch_postprocess(exported, batch):
+    from taoctl.engine import export
+    from taoctl.tasks.yolo_v3.task import TASK
+
+    run, model, manifest, adapter, path = exported
+    images = _images(batch, seed=batch)
+    got = export.run_onnx(path, images)
+    with torch.no_grad():
+        want = [t.numpy() for t in adapter.runtime_module()(torch.from_numpy(images))]
+    assert [a.shape for a in want] == [a.shape for a in got.values()] == [(batch, 1), (batch, 12, 4), (batch, 12),
+                                                                          (batch, 12)]
+    count = got["num_detections"][:, 0]
+    np.testing.assert_array_equal(count, want[0][:, 0])
+    assert count.max() == 12  # top_k: more than 12 survive NMS on these lively heads
+    postprocess = TASK.postprocess(run.spec, 96, 64)
+    for onnx_image, torch_image in zip(postprocess(list(got.values())), postprocess(want)):
+        np.testing.assert_array_equal(onnx_image.classes, torch_image.classes)
+        np.testing.assert_allclose(onnx_image.boxes, torch_image.boxes, atol=1e-2)  # input pixels
+        np.testing.assert_allclose(onnx_image.scores, torch_image.scores, atol=1e-4)
+    for i, n in enumerate(count):  # padding rows are zero
+        assert not got["nmsed_boxes"][i, n:].any() and not got["nmsed_scores"][i, n:].any()
+        assert not got["nmsed_classes"][i, n:].any()
+
+
+def test_deepstream_config_reads_the_batched_nms_outputs(exported):
+    import configparser
+
+    _, _, _, _, path = exported
+    config = configparser.ConfigParser()
+    config.optionxform = str
+    config.read(path.parent / "nvinfer_config.txt")
+    prop = config["property"]
+    assert prop["output-blob-names"] == "num_detections;nmsed_boxes;nmsed_scores;nmsed_classes"
+    assert prop["parse-bbox-func-name"] == "NvDsInferParseCustomBatchedNMSTLT"
+    assert prop["custom-lib-path"].endswith("/lib/libnvds_infercustomparser.so")
+    assert prop["cluster-mode"] == "3" and prop["network-type"] == "0" and prop["num-detected-classes"] == "2"
+    assert dict(config["class-attrs-all"]) == {"pre-cluster-threshold": "0.05"}
+    assert (path.parent / "labels.txt").read_text() == "blue\nred\n"
+
+
+@pytest.mark.parametrize("data_type", ["fp16", "int8"])
+def test_fp16_and_int8_exports_keep_the_nms_tail_in_float(exported, tmp_path, capsys, data_type):
+    import onnx
+
+    from taoctl.engine import export
+
+    _, _, _, adapter, _ = exported
+    calibration = [{"Input": _images(2, seed=s)} for s in range(2)]
+    path = tmp_path / f"{data_type}.onnx"
+    export.export_model(adapter, path, {"Input": _images(2)}, data_type=data_type, calibration=calibration)
+    out = capsys.readouterr().out
+    assert "through taoctl's post-processing: num_detections" in out
+    graph = onnx.load(str(path)).graph
+    assert [o.name for o in graph.output] == ["num_detections", "nmsed_boxes", "nmsed_scores", "nmsed_classes"]
+    produced_by = {name: n for n in graph.node for name in n.output}
+    nms_node = next(n for n in graph.node if n.op_type == "NonMaxSuppression")
+    assert not any(n.name.startswith("BatchedNMS/") and n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                   for n in graph.node)
+    assert all(graph_input in {i.name for i in graph.initializer} or produced_by[graph_input].op_type
+               not in ("QuantizeLinear",) for graph_input in nms_node.input)
+    if data_type == "int8":
+        assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+    got = export.run_onnx(path, _images(3, seed=5))
+    assert got["num_detections"].shape == (3, 1) and got["nmsed_boxes"].shape == (3, 12, 4)
+
+
+def test_an_int8_deploy_calibration_quantises_the_network_and_keeps_the_tail(exported, tmp_path):
+    import onnx
+
+    from taoctl.engine import export
+
+    _, _, _, _, path = exported
+    int8 = tmp_path / "int8.onnx"
+    export.quantize_int8(path, int8, [{"Input": _images(2)}])
+    graph = onnx.load(str(int8)).graph
+    assert [o.name for o in graph.output] == ["num_detections", "nmsed_boxes", "nmsed_scores", "nmsed_classes"]
+    quantised = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert quantised and not any(n.name.startswith("BatchedNMS/") for n in quantised)
+    assert export.run_onnx(int8, _images(1))["num_detections"].shape == (1, 1)

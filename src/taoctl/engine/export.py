@@ -11,8 +11,12 @@ fields); :func:`export_model` does the rest for any adapter:
 3. ``fp16``: onnxruntime's float16 converter; ``int8``: static QDQ quantisation with
    onnxruntime from calibration batches, the graph's final Softmax/Sigmoid left in float, plus a
    TensorRT calibration cache (``TRT-<ver>-<algorithm>`` text, each tensor's scale as big-endian float hex);
-4. optionally a TensorRT engine (one profile covering every input) and DeepStream's
-   ``nvinfer_config.txt`` + ``labels.txt``.
+4. with a ``tail`` (:class:`GraphTail`, e.g. a detector's NMS, ``engine.detection.nms.BatchedNMS``):
+   the tail's nodes appended to the fp32/fp16/int8 graph (so they stay float and unquantised), its
+   outputs replacing the ones it consumes, and checked against the tail's NumPy reference on the
+   same graph's own pre-tail outputs;
+5. optionally a TensorRT engine (one profile covering every input; a tail may swap its nodes for a
+   TensorRT plugin first) and DeepStream's ``nvinfer_config.txt`` + ``labels.txt``.
 
 Inputs and outputs travel as dicts ``{name: array}``; :func:`run_onnx` returns all outputs so.
 Everything is written to a temporary file first and moved into place.
@@ -29,7 +33,7 @@ import warnings
 from dataclasses import dataclass, field, fields, replace
 from enum import IntEnum
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -141,6 +145,51 @@ class DeepStreamFields:
     classifier_threshold: float | None = None
     process_mode: int = 1  # 1 primary (full frames), 2 secondary (objects of an upstream detector)
     class_attributes: Mapping[str | int, ClassAttributes] = field(default_factory=dict)
+    parse_bbox_func_name: str | None = None  # a custom output parser (TAO's BatchedNMS one) ...
+    custom_lib_path: str | None = None  # ... and the library it is in
+    notes: tuple[str, ...] = ()  # comment lines written at the top of the config
+
+
+class GraphTail(Protocol):
+    """Nodes appended to an exported graph after its module's outputs (e.g. a detector's NMS, which
+    torch.onnx cannot write with fixed-size outputs): ``input_names`` are module outputs it consumes,
+    ``output_names`` what the graph then outputs (after the module's other outputs).
+
+    ``append(model, keep_inputs)`` returns the onnx ModelProto with the tail (``keep_inputs`` keeps the
+    consumed outputs too, for checking); ``reference(outputs)`` computes the tail's outputs in NumPy from
+    the module's (what a model file gives through PyTorch); ``check(got, want)`` returns ``(output,
+    measured, failure or None)`` rows; ``tensorrt(model)`` the graph TensorRT builds (a plugin in place of
+    standard ops, or ``model`` itself); ``min_opset`` the oldest opset its nodes need.
+    """
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    min_opset: int
+
+    def append(self, model, keep_inputs: bool = False): ...
+
+    def reference(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def check(self, got: Mapping[str, np.ndarray],
+              want: Mapping[str, np.ndarray]) -> list[tuple[str, str, str | None]]: ...
+
+    def tensorrt(self, model): ...
+
+
+class TailedModule(nn.Module):
+    """A module followed by its :class:`GraphTail`'s NumPy reference: what a model file gives through
+    PyTorch, the same outputs as the exported graph (evaluation and inference read one set)."""
+
+    def __init__(self, module: nn.Module, output_names: tuple[str, ...], tail: GraphTail):
+        super().__init__()
+        self.module, self.output_names, self.tail = module, tuple(output_names), tail
+
+    def forward(self, *inputs, **named):
+        outputs = self.module(*inputs, **named)
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        raw = {name: out.detach().float().cpu().numpy() for name, out in zip(self.output_names, outputs)}
+        final = self.tail.reference(raw)
+        return tuple(torch.from_numpy(np.ascontiguousarray(final[name])) for name in self.tail.output_names)
 
 
 @dataclass
@@ -153,6 +202,8 @@ class ExportAdapter:
     ``comparisons`` replace it for outputs that need their own check (e.g. NMS results).
     ``int8_agreement(fp32 outputs, int8 outputs)`` says how well INT8 agrees (e.g. top-1);
     without it the max abs differences are printed. ``items`` names a batch row in messages.
+    ``tail``: a :class:`GraphTail` appended after ``module``'s outputs (``output_names``, which the
+    checks above compare); the graph then outputs :attr:`graph_outputs`.
     """
 
     module: nn.Module
@@ -164,6 +215,20 @@ class ExportAdapter:
     int8_agreement: Callable[[Outputs, Outputs], str] | None = None
     deepstream: DeepStreamFields | None = None
     items: str = "images"
+    tail: GraphTail | None = None
+
+    @property
+    def graph_outputs(self) -> tuple[str, ...]:
+        """The exported graph's outputs: the module's, those a tail consumes replaced by the tail's."""
+        if self.tail is None:
+            return tuple(self.output_names)
+        return tuple(n for n in self.output_names if n not in self.tail.input_names) + tuple(self.tail.output_names)
+
+    def runtime_module(self) -> nn.Module:
+        """The module giving the exported graph's outputs in PyTorch (the tail's reference after it)."""
+        if self.tail is None:
+            return self.module
+        return TailedModule(self.module, tuple(self.output_names), self.tail)
 
 
 @dataclass
@@ -221,6 +286,9 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
     if data_type == "int8" and opset < INT8_MIN_OPSET:
         raise TaoctlError(f"INT8 export needs opset {INT8_MIN_OPSET} or newer (per-channel QuantizeLinear/"
                           f"DequantizeLinear), got {opset}")
+    if adapter.tail is not None and opset < adapter.tail.min_opset:
+        raise TaoctlError(f"ONNX opset {opset}: this model's outputs ({', '.join(adapter.tail.output_names)}) "
+                          f"need opset {adapter.tail.min_opset} or newer")
     static = None if static_batch_size in (None, -1) else static_batch_size  # TAO: -1 is a dynamic batch
     if static is not None:
         adapter, sample, calibration = _static_batch(adapter, sample, calibration, static)
@@ -275,6 +343,17 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
                 _summary(check_outputs(adapter, quantised, reference))
             print(f"ONNX int8 vs fp32 on {sample_desc}: {agreement}", flush=True)
             print(f"Wrote TensorRT calibration cache {result.cal_cache}", flush=True)
+        if adapter.tail is not None:
+            tailed = Path(work) / "tailed.onnx"
+            checks = append_tail(adapter, final, tailed, sample)
+            print(f"ONNX {', '.join(adapter.tail.output_names)} vs the same graph's "
+                  f"{', '.join(adapter.tail.input_names)} through taoctl's post-processing: {_summary(checks)}",
+                  flush=True)
+            for name, _, failure in checks:
+                if failure:
+                    raise TaoctlError(f"exported ONNX output {name} differs from taoctl's post-processing: {failure}; "
+                                      f"not writing {output}")
+            final = tailed
         os.replace(final, output)
     print(f"Exported {data_type} ONNX model to {output}", flush=True)
     if engine_file:
@@ -293,7 +372,7 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
         result.deepstream_config = output.parent / "nvinfer_config.txt"
         first = adapter.input_names[0]
         deepstream_config(result.deepstream_config, adapter.deepstream, onnx_file=output.name, labels_file=labels.name,
-                          input_shape=tuple(sample[first].shape[1:]), output_names=adapter.output_names,
+                          input_shape=tuple(sample[first].shape[1:]), output_names=adapter.graph_outputs,
                           data_type=data_type, max_batch_size=static or max_batch_size,
                           cal_cache=result.cal_cache.name if result.cal_cache else None,
                           engine_file=result.engine.name if result.engine else None)
@@ -419,6 +498,76 @@ def torch_outputs(adapter: ExportAdapter, inputs: Mapping[str, np.ndarray]) -> O
     return {name: out.numpy() for name, out in zip(adapter.output_names, outputs)}
 
 
+def append_tail(adapter: ExportAdapter, body, path,
+                sample: Mapping[str, np.ndarray]) -> list[tuple[str, str, str | None]]:
+    """Write ``body`` (an exported graph of ``adapter.module``) with ``adapter.tail`` appended to ``path``;
+    return the tail's checks: its outputs in onnxruntime against its NumPy reference on the pre-tail
+    outputs of the same run (so the tail alone is compared, not the body's float differences)."""
+    import onnx
+
+    tail = adapter.tail
+    model = onnx.load(str(body))
+    checking = Path(path).with_name(Path(path).stem + ".check.onnx")
+    onnx.save(tail.append(model, keep_inputs=True), str(checking))
+    got = run_onnx(checking, sample)
+    checking.unlink()
+    checks = tail.check(got, tail.reference({name: got[name] for name in tail.input_names}))
+    final = tail.append(model)
+    sort_nodes(final.graph)  # onnxruntime's fp16 converter appends its input Casts last; TensorRT wants order
+    onnx.save(final, str(path))
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise TaoctlError(f"the graph with {', '.join(tail.output_names)} appended fails onnx.checker "
+                          f"({str(exc).strip().splitlines()[0]})") from None
+    return checks
+
+
+def sort_nodes(graph) -> None:
+    """Put ``graph``'s nodes in topological order (stable: an already ordered graph is unchanged)."""
+    producer = {name: i for i, node in enumerate(graph.node) for name in node.output if name}
+    needs = [sorted({producer[name] for name in node.input if name in producer and producer[name] != i})
+             for i, node in enumerate(graph.node)]
+    state = [0] * len(needs)  # 0 new, 1 on the stack, 2 placed
+    order = []
+    for root in range(len(needs)):
+        stack = [root]
+        while stack:
+            i = stack[-1]
+            if state[i] == 2:
+                stack.pop()
+                continue
+            state[i] = 1
+            pending = [j for j in needs[i] if state[j] == 0]
+            if pending:
+                stack.extend(reversed(pending))
+                continue
+            if any(state[j] == 1 for j in needs[i]):
+                return  # a cycle: leave it for the checker to name
+            state[i] = 2
+            order.append(i)
+            stack.pop()
+    nodes = [graph.node[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def tensorrt_graph(onnx_path, work) -> Path:
+    """The ONNX TensorRT builds: ``onnx_path`` itself, or, when its metadata records a tail that swaps
+    nodes for a TensorRT plugin (taoctl's BatchedNMS -> EfficientNMS_TRT), that graph written in ``work``."""
+    import onnx
+
+    from taoctl.engine.detection import nms
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    tail = nms.graph_tail(model)
+    if tail is None:
+        return Path(onnx_path)
+    rewritten = Path(work) / "tensorrt.onnx"
+    onnx.save(tail.tensorrt(onnx.load(str(onnx_path))), str(rewritten))
+    return rewritten
+
+
 def check_outputs(adapter: ExportAdapter, actual: Outputs, expected: Outputs) -> list[tuple[str, str, str | None]]:
     """(output name, what was measured, why it fails the adapter's check or None) for every output."""
     checks = []
@@ -542,7 +691,14 @@ def quantize_int8(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarra
         raise TaoctlError("INT8 calibration needs at least one batch")
     int8_path = Path(int8_path)
     int8_path.parent.mkdir(parents=True, exist_ok=True)
+    from taoctl.engine.detection import nms
+
+    tail = nms.graph_tail(onnx.load(str(fp32_path), load_external_data=False))
     with tempfile.TemporaryDirectory(dir=int8_path.parent) as work:
+        if tail is not None:  # a graph-appended NMS stays float: quantise the network alone, append it again
+            body = Path(work) / "body.onnx"
+            onnx.save(tail.strip(onnx.load(str(fp32_path))), str(body))
+            fp32_path = body
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         calibrator = create_calibrator(str(prepared), calibrate_method=methods[method],
@@ -562,6 +718,8 @@ def quantize_int8(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarra
                         weight_type=QuantType.QInt8, calibrate_method=methods[method],
                         nodes_to_exclude=float_output_nodes(prepared),
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        if tail is not None:
+            onnx.save(tail.append(onnx.load(str(tmp))), str(tmp))
         os.replace(tmp, int8_path)
     if cache_path:
         write_trt_cache(cache_path, ranges, method)
@@ -639,10 +797,13 @@ def build_tensorrt_engine(onnx_path, engine_path, profile: Mapping[str, tuple[Sh
                           f"({exc}); the ONNX model {onnx_path} is kept, build the engine on the target with "
                           f"trtexec --onnx={onnx_path}") from None
     logger = trt.Logger(trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")  # EfficientNMS_TRT and TensorRT's other plugins
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes()):
+    with tempfile.TemporaryDirectory() as work:
+        parsed = parser.parse(tensorrt_graph(onnx_path, work).read_bytes())
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise TaoctlError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
@@ -689,8 +850,10 @@ def deepstream_config(path, network: DeepStreamFields, *, onnx_file: str, labels
         "output-blob-names": ";".join(output_names), "cluster-mode": network.cluster_mode,
         "classifier-threshold": network.classifier_threshold, "model-engine-file": engine_file,
         "int8-calib-file": cal_cache if data_type == "int8" else None,
+        "parse-bbox-func-name": network.parse_bbox_func_name, "custom-lib-path": network.custom_lib_path,
     }
-    lines = ["[property]"] + [f"{key}={_format(value)}" for key, value in properties.items() if value is not None]
+    lines = [f"# {note}" for note in network.notes]
+    lines += ["[property]"] + [f"{key}={_format(value)}" for key, value in properties.items() if value is not None]
     for key, attributes in network.class_attributes.items():
         lines += ["", f"[class-attrs-{key}]", *attributes.lines()]
     write_atomic(path, "\n".join(lines) + "\n")

@@ -487,7 +487,7 @@ def _validate(task: Task, run: Run, evaluator, manifest: dict):
     from taoctl.engine.task import TorchPredictor
 
     def evaluate(model):
-        deployed = task.export_adapter(run, model, manifest).module
+        deployed = task.export_adapter(run, model, manifest).runtime_module()
         predictor = TorchPredictor(deployed, task.preprocess(manifest), manifest, "the model in training", run.device,
                                    run.use_amp)
         return evaluator.summary(evaluator.run(predictor))

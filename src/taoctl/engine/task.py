@@ -149,7 +149,7 @@ class TorchPredictor(Predictor):
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             outputs = self.module(**tensors) if named else self.module(tensors[""])
         outputs = outputs if isinstance(outputs, (tuple, list)) else [outputs]
-        return [o.float().cpu().numpy() for o in outputs]
+        return [(o.float() if o.is_floating_point() else o).cpu().numpy() for o in outputs]
 
 
 class OnnxPredictor(Predictor):
@@ -307,8 +307,8 @@ class Task:
             manifest = self.onnx_manifest(run, model_path)
             return OnnxPredictor(model_path, self.preprocess(manifest), manifest)
         model, manifest = self.load_model(model_path, run.key)
-        return TorchPredictor(self.export_adapter(run, model, manifest).module, self.preprocess(manifest), manifest,
-                              str(model_path), run.device, run.use_amp)
+        deployed = self.export_adapter(run, model, manifest).runtime_module()
+        return TorchPredictor(deployed, self.preprocess(manifest), manifest, str(model_path), run.device, run.use_amp)
 
     def onnx_manifest(self, run: Run, onnx_path) -> dict:
         """What an exported .onnx (which carries no manifest) needs from the spec and flags to be evaluated."""

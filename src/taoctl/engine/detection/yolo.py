@@ -17,9 +17,10 @@ loss. Sums are divided by the positive count (location, positive objectness, cla
 negative count (negative objectness), then weighted by ``loss_loc_weight``,
 ``loss_class_weights`` and ``loss_neg_obj_weights``.
 
-NMS (``nms_config``): candidates are (box, class) pairs whose score exceeds
-``confidence_threshold``; per class greedy NMS at ``clustering_iou_threshold``; the ``top_k``
-best survivors of all classes are kept.
+NMS (``nms_config``) is ``engine.detection.nms``'s (re-exported here): candidates are (box, class)
+pairs whose score exceeds ``confidence_threshold``; per class greedy NMS at
+``clustering_iou_threshold``; the ``top_k`` best survivors of all classes are kept; in an exported
+graph it is TAO's BatchedNMS outputs (``nms.BatchedNMS``).
 """
 
 from __future__ import annotations
@@ -33,15 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taoctl.engine.metrics.detection import ImageDetections
+from taoctl.engine.detection.nms import MAX_NMS_CANDIDATES, greedy_nms, nms  # noqa: F401  (NMS lives in nms.py)
 
 # Decoded sizes are capped at this many times their anchor: an untrained head's exp(t) overflows otherwise.
 MAX_ANCHOR_SCALE = 1000.0
 # TAO's target clip of box / anchor (its comment: "very very badly chosen" anchors beyond it).
 TARGET_SCALE_RANGE = (1e-2, 1e2)
-# At most this many highest-scoring (box, class) candidates of an image enter NMS (a low
-# confidence_threshold such as TAO's 0.001 would otherwise hand it every anchor of every class).
-MAX_NMS_CANDIDATES = 4000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,42 +227,3 @@ def _padded_boxes(boxes: Sequence[torch.Tensor], device) -> tuple[torch.Tensor, 
         padded[i, :len(b)] = b.reshape(-1, 4).to(device, torch.float32)
         valid[i, :len(b)] = True
     return padded, valid
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, confidence_threshold: float, iou_threshold: float,
-        top_k: int) -> list[ImageDetections]:
-    """Decoded outputs (boxes [B, N, 4], scores [B, N, C]) -> per image its kept detections, best first."""
-    out = []
-    for image_boxes, image_scores in zip(np.asarray(boxes, np.float32), np.asarray(scores, np.float32)):
-        anchor, cls = np.nonzero(image_scores > confidence_threshold)
-        candidate_scores = image_scores[anchor, cls]
-        if len(candidate_scores) > MAX_NMS_CANDIDATES:
-            best = np.argpartition(-candidate_scores, MAX_NMS_CANDIDATES)[:MAX_NMS_CANDIDATES]
-            anchor, cls, candidate_scores = anchor[best], cls[best], candidate_scores[best]
-        keep = greedy_nms(image_boxes[anchor], candidate_scores, cls, iou_threshold, top_k)
-        out.append(ImageDetections(image_boxes[anchor[keep]].astype(np.float64).reshape(-1, 4),
-                                   cls[keep].astype(np.int64), candidate_scores[keep].astype(np.float64)))
-    return out
-
-
-def greedy_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float,
-               top_k: int) -> np.ndarray:
-    """Per-class greedy NMS (a box is dropped when its IoU with a better kept box of its class is above
-    ``iou_threshold``), stopping once ``top_k`` boxes are kept: indices by decreasing score.
-
-    torchvision's batched_nms gives the same boxes but cannot stop early, and an untrained head's
-    thousands of scattered candidates each cost it a pass.
-    """
-    order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep = []
-    while len(order) and len(keep) < top_k:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        same = classes[rest] == classes[i]
-        w = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
-        h = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
-        inter = w * h
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
-        order = rest[~(same & (iou > iou_threshold))]
-    return np.array(keep, dtype=np.int64)

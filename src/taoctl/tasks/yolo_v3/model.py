@@ -11,8 +11,9 @@ stride 8 to 32) are half of TAO's darknet-sized 128/256/512, with one width per 
 alternating w/2w: on a resnet18 the neck and heads cost 1.0 / 1.9 / 2.7 M parameters with
 arch_conv_blocks 0 / 1 / 2, so that a CPU trains it.
 
-The deployed module (:class:`Deployed`) appends the decoding (``engine.detection.yolo``), so the
-exported graph outputs every anchor's box and class scores; NMS follows outside the graph.
+The deployed module (:class:`Deployed`) appends the decoding (``engine.detection.yolo``): every
+anchor's box and class scores, which the export's tail (``engine.detection.nms.BatchedNMS``, appended
+to the ONNX graph) turns into TAO's BatchedNMS outputs.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ from taoctl.engine.detection import images as det_images
 from taoctl.engine.detection import writers
 from taoctl.engine.detection.anchors import parse_anchor_shape
 from taoctl.engine.detection.evaluation import AP_MODES, DetectionEvaluator
-from taoctl.engine.detection.yolo import LossWeights, YoloDecode, YoloLoss, nms
+from taoctl.engine.detection.nms import BatchedNMS
+from taoctl.engine.detection.yolo import LossWeights, YoloDecode, YoloLoss
 from taoctl.engine.device import cpu_threads
 from taoctl.engine.metrics.detection import ImageTargets
 from taoctl.engine.detection.task import TF1DetectionTask
@@ -40,6 +41,11 @@ ANCHOR_FIELDS = ("small_anchor_shape", "mid_anchor_shape", "big_anchor_shape")  
 IMAGENET = {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "bgr": False}
 # nms_config fields a spec leaves at proto3's 0: TAO's sample specs' values.
 DEFAULT_NMS_IOU, DEFAULT_TOP_K = 0.5, 200
+DEFAULT_CONFIDENCE = 0.001  # export without -e: TAO's sample specs' confidence_threshold
+# DeepStream's parser of TAO's BatchedNMS outputs: DeepStream ships it in its custom-parser library
+# (TAO's deepstream_reference_apps yolo configs point there; deepstream_tao_apps' post_processor has it too).
+DS_PARSER = "NvDsInferParseCustomBatchedNMSTLT"
+DS_PARSER_LIB = "/opt/nvidia/deepstream/deepstream/lib/libnvds_infercustomparser.so"
 INPUT_MULTIPLE = 32  # the coarsest head's stride
 
 
@@ -114,12 +120,22 @@ class YoloV3Task(TF1DetectionTask):
     @staticmethod
     def nms_settings(spec) -> tuple[float, float, int]:
         config = spec.nms_config
-        return (float(config.confidence_threshold), float(config.clustering_iou_threshold) or DEFAULT_NMS_IOU,
+
+        def value(number: float) -> float:  # the spec's float32 as written (0.05, not 0.050000001)
+            return float(f"{number:.7g}")
+
+        return (value(config.confidence_threshold), value(config.clustering_iou_threshold) or DEFAULT_NMS_IOU,
                 int(config.top_k) or DEFAULT_TOP_K)
 
-    def postprocess(self, spec):
-        confidence, iou, top_k = self.nms_settings(spec)
-        return lambda outputs: nms(outputs[0], outputs[1], confidence, iou, top_k)
+    def batched_nms(self, spec, width: int, height: int) -> BatchedNMS:
+        """nms_config as the exported graph's tail: TAO's BatchedNMS outputs (boxes normalised by the input)."""
+        confidence, iou, top_k = self.nms_settings(spec) if spec is not None else (DEFAULT_CONFIDENCE,
+                                                                                  DEFAULT_NMS_IOU, DEFAULT_TOP_K)
+        return BatchedNMS(BOXES, SCORES, (int(width), int(height)), confidence, iou, top_k)
+
+    def postprocess(self, spec, width: int, height: int):
+        """The deployed outputs (TAO's BatchedNMS set, from a model file, an ONNX or an engine) -> detections."""
+        return self.batched_nms(spec, width, height).detections
 
     # ------------------------------------------------------------------ model
     def model_from_manifest(self, manifest):
@@ -234,8 +250,8 @@ class YoloV3Task(TF1DetectionTask):
         images, boxes, labels = det_images.load_samples(frames, classes, width, height)
         truth = [ImageTargets(b.astype(np.float64), c) for b, c in zip(boxes, labels)]
         config = spec.eval_config
-        return DetectionEvaluator(images, truth, classes, self.postprocess(spec), batch_size=batch_size,
-                                  iou_threshold=float(config.matching_iou_threshold) or 0.5,
+        return DetectionEvaluator(images, truth, classes, self.postprocess(spec, width, height),
+                                  batch_size=batch_size, iou_threshold=float(config.matching_iou_threshold) or 0.5,
                                   ap_mode=AP_MODES[config.average_precision_mode], dataset=dataset,
                                   pr_curve=bool(config.visualize_pr_curve))
 
@@ -268,7 +284,7 @@ class YoloV3Task(TF1DetectionTask):
         classes = list(predictor.manifest["classes"])
         _, height, width = predictor.manifest["input_shape"]
         threshold = float(run.flags["threshold"])
-        postprocess = self.postprocess(run.spec)
+        postprocess = self.postprocess(run.spec, width, height)
         paths = det_images.image_files(run.flags["image_dir"])
         batch = int(run.flags.get("batch_size") or 1)
         out = Path(run.flags["results_dir"])
@@ -310,23 +326,26 @@ class YoloV3Task(TF1DetectionTask):
         return det_images.load_samples(chosen, loaded.class_names, width, height)[0]
 
     def export_adapter(self, run, model, manifest):
+        """The network and its decoding (``boxes``, ``scores``), then TAO's BatchedNMS outputs appended to the
+        graph (``engine.detection.nms.BatchedNMS``: ONNX NonMaxSuppression, EfficientNMS_TRT in an engine)."""
         classes = list(manifest["classes"])
-        spec = run.spec
-        confidence, iou, top_k = self.nms_settings(spec) if spec is not None else (0.001, DEFAULT_NMS_IOU,
-                                                                                   DEFAULT_TOP_K)
-        attributes = {"all": export.ClassAttributes(pre_cluster_threshold=confidence, nms_iou_threshold=iou,
-                                                    topk=top_k)}
-        deepstream = export.DeepStreamFields(export.NetworkType.DETECTOR, labels=tuple(classes),
-                                             normalizer=manifest["normalizer"], cluster_mode=export.ClusterMode.NMS,
-                                             class_attributes=attributes)
+        _, height, width = manifest["input_shape"]
+        tail = self.batched_nms(run.spec, width, height)
+        # TAO's deepstream_tao_apps yolo configs: the BatchedNMS parser, cluster-mode=3, pre-cluster-threshold.
+        attributes = {"all": export.ClassAttributes(pre_cluster_threshold=tail.confidence_threshold)}
+        deepstream = export.DeepStreamFields(
+            export.NetworkType.DETECTOR, labels=tuple(classes), normalizer=manifest["normalizer"],
+            cluster_mode=export.ClusterMode.DBSCAN_NMS_HYBRID, class_attributes=attributes,
+            parse_bbox_func_name=DS_PARSER, custom_lib_path=DS_PARSER_LIB,
+            notes=(f"{DS_PARSER} is in DeepStream's {DS_PARSER_LIB.rpartition('/')[2]}, and in deepstream_tao_apps'",
+                   "post_processor/libnvds_infercustomparser_tao.so: point custom-lib-path at either."))
         # Boxes are in input pixels (hundreds): 1e-2 is float32's rounding after exp, not a disagreement.
         return export.ExportAdapter(module=yolo_model.Deployed(model), input_names=(INPUT,),
                                     output_names=(BOXES, SCORES), dynamic_axes={INPUT: {0: export.BATCH}},
-                                    tolerances={BOXES: 1e-2, SCORES: 1e-3}, deepstream=deepstream)
+                                    tolerances={BOXES: 1e-2, SCORES: 1e-3}, deepstream=deepstream, tail=tail)
 
     def after_export(self, run, manifest, output):
-        """labels.txt beside the ONNX (DeepStream's labelfile), never overwriting a different one; a note
-        on DeepStream's parser."""
+        """labels.txt beside the ONNX (DeepStream's labelfile), never overwriting a different one."""
         from taoctl.fileio import write_atomic
 
         text = "\n".join(manifest["classes"]) + "\n"
@@ -334,11 +353,6 @@ class YoloV3Task(TF1DetectionTask):
         if path.exists() and path.read_text() != text:
             path = output.with_suffix(".labels.txt")
         write_atomic(path, text)
-        if run.flags.get("gen_ds_config"):
-            print(f"Note: outputs {BOXES} [N, anchors, 4] (x1 y1 x2 y2, input pixels) and {SCORES} [N, anchors, "
-                  f"classes] are not TAO's BatchedNMS outputs: DeepStream needs a custom bounding-box parser for "
-                  f"them (parse-bbox-func-name / custom-lib-path in nvinfer_config.txt), with cluster-mode=2 "
-                  f"doing the NMS", flush=True)
 
 
 TASK = YoloV3Task()

@@ -1,12 +1,14 @@
-"""taoctl yolo_v3 export: ONNX of the network and its decoding, fp32/fp16/int8, DeepStream config.
+"""taoctl yolo_v3 export: ONNX of the network, its decoding and NMS, fp32/fp16/int8, DeepStream config.
 
 The ONNX model has a dynamic batch axis, input ``Input`` (RGB, normalised as in training) and
-two outputs over every anchor of the three scales (N = 3 x (H/8 x W/8 + H/16 x W/16 + H/32 x W/32)):
-``boxes`` [batch, N, 4] (x1, y1, x2, y2 in input pixels) and ``scores`` [batch, N, classes]
-(objectness x class probability). NMS is not in the graph (TAO 5's BatchedNMS outputs are not
-produced): apply nms_config to these outputs, as `evaluate` does on an .onnx. ``--gen_ds_config``
-writes nvinfer_config.txt (network-type 0, cluster-mode 2 with nms_config's thresholds; a custom
-bounding-box parser is needed) and labels.txt; labels.txt is written beside the model.
+TAO's BatchedNMS outputs, with nms_config's confidence_threshold, clustering_iou_threshold and
+top_k (K): ``num_detections`` [batch, 1] int32, ``nmsed_boxes`` [batch, K, 4] (x1, y1, x2, y2
+normalised by the input width and height), ``nmsed_scores`` [batch, K] and ``nmsed_classes``
+[batch, K] (float class indices), zero past num_detections. The NMS is ONNX's NonMaxSuppression
+(per class, as `evaluate` does; onnxruntime runs it, a TensorRT engine gets EfficientNMS_TRT) and
+stays float in fp16 and int8 exports. ``--gen_ds_config`` writes nvinfer_config.txt for
+DeepStream's NvDsInferParseCustomBatchedNMSTLT parser (deepstream_tao_apps' post_processor
+library) and labels.txt; labels.txt is written beside the model.
 """
 
 from taoctl.engine.commands import subtask_command
