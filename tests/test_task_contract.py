@@ -310,3 +310,20 @@ def test_init_epoch_beyond_the_spec_and_np_zero_are_refused(trained, tmp_path, c
     assert "-np/--num_processes must be >= 1 (or -1: one per GPU), got 0" in capsys.readouterr().err
     # Nothing but the FAILURE line of the refused --init_epoch: no claim on the dir, no checkpoint.
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["status.json"]
+
+
+def test_an_onnx_of_another_input_size_is_named_before_it_runs(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from taoctl.engine.task import OnnxPredictor
+    from taoctl.errors import TaoctlError
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 8, 8])])
+    path = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    with pytest.raises(TaoctlError, match=r"takes input \[3, 8, 8\], the spec gives \[3, 16, 24\]"):
+        OnnxPredictor(path, lambda x: x, {"input_shape": [3, 16, 24]})
+    assert OnnxPredictor(path, lambda x: x, {"input_shape": [3, 8, 8]}).input_shape == (3, 8, 8)

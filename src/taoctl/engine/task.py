@@ -158,6 +158,14 @@ class OnnxPredictor(Predictor):
 
         super().__init__(preprocess, manifest, str(path))
         self.session = ort_session(path, threads)
+        # An .onnx carries no manifest: the task built one from the spec, so a graph of another model
+        # (another task's, another input size) is named here, not by an onnxruntime error mid-run.
+        expected = manifest.get("input_shape")
+        declared = self.input_shape
+        if expected and len(declared) == len(expected) and any(
+                isinstance(got, int) and got != want for got, want in zip(declared, expected)):
+            raise TaoctlError(f"{path}: the ONNX model takes input {list(declared)}, the spec gives "
+                              f"{list(expected)}: is it this task's model, exported for this spec?")
 
     @property
     def input_shape(self) -> tuple:
