@@ -38,6 +38,7 @@ def test_help_lists_tasks_and_commands(taoctl):
     (["clasification", "train"], 'unknown task or command "clasification" (did you mean "classification"?)'),
     (["classification", "trian"], 'unknown subtask "trian" for task classification (did you mean "train"?)'),
     (["n_gram", "train"], "`n_gram train` is not implemented yet in taoctl"),
+    (["converter", "m.etlt", "-k", "KEY"], "taoctl: `converter` is not implemented yet in taoctl"),
     (["model", "yolo_v5", "train"], 'unknown task or command "yolo_v5"'),
     (["classification", "run"], "needs a command to run"),
     (["--runtime", "dockr", "info"], "Invalid value for '--runtime'"),

@@ -93,7 +93,8 @@ class Task:
             raise TaoctlError(f'unknown action "{action}" for taoctl deploy {self.name}'
                               f"{did_you_mean(action, choices)}; actions: {', '.join(choices) or 'none'}")
         if subtask in self.subtasks:
-            raise TaoctlError(f"`{self.name} {subtask}` is not implemented yet in taoctl {__version__}")
+            command = self.name if self.direct else f"{self.name} {subtask}"  # a direct task is its own subtask
+            raise TaoctlError(f"`{command}` is not implemented yet in taoctl {__version__}")
         choices = self.subtasks + ("run",)
         raise TaoctlError(
             f'unknown subtask "{subtask}" for task {self.name}{did_you_mean(subtask, choices)}; '
