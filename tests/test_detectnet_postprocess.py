@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -148,18 +147,15 @@ def test_boxes_are_clipped_to_the_network_input():
     np.testing.assert_allclose(boxes, [(0, 4, 40, 64)], atol=1e-3)
 
 
-def test_cluster_batch_is_fast_on_an_evaluation_sized_load():
-    # ~100 validation images of 26 x 20 cells x 3 classes, every cell above the coverage threshold.
+def test_cluster_batch_on_an_evaluation_sized_load():
+    # ~100 validation images of 26 x 20 cells x 3 classes, every cell above the coverage threshold
+    # (its speed is bench/bench_detectnet.py's, not a test's).
     rng = np.random.default_rng(3)
     cov = rng.uniform(0.0, 0.3, (100, 3, 20, 26)).astype(np.float32)
     bbox = rng.uniform(0.2, 1.0, (100, 12, 20, 26)).astype(np.float32)
     for algorithm in ("DBSCAN", "NMS"):
-        began = time.perf_counter()
         out = cluster_batch(cov, bbox, [params(algorithm)] * 3, (416, 320))
-        seconds = time.perf_counter() - began
-        print(f"{algorithm}: {seconds:.2f} s for 100 images x 3 classes")
         assert len(out) == 100 and all(len(per_class) == 3 for per_class in out)
-        assert seconds < 20
 
 
 @needs_specs
