@@ -204,3 +204,8 @@ def test_qat_trains_and_exports_int8_without_calibration(trained, taoctl):
     assert out.with_suffix(".cal.bin").read_text().startswith("TRT-")
     evaluated = taoctl("detectnet_v2", "evaluate", "-e", spec, "-m", out, "-r", root / "qat_eval", check=True)
     assert "Mean average_precision (in %):" in evaluated.stdout
+    # TAO's --force_ptq: the QAT model's float graph calibrated instead of its learned scales
+    forced = taoctl("detectnet_v2", "export", "-m", model, "-e", spec, "-o", root / "qat_export" / "ptq.onnx",
+                    "--data_type", "int8", "--force_ptq", "--batches", "1", check=True)
+    assert "--force_ptq: INT8 scales come from calibrating" in forced.stdout and "Calibrating on" in forced.stdout
+    assert "no calibration data" not in forced.stdout

@@ -186,8 +186,8 @@ def run_gen_trt_engine(task: Task, run: Run) -> int:
     if flags["max_workspace_size"] <= 0:
         raise TaoctlError(f"--max_workspace_size must be > 0 (GB), got {flags['max_workspace_size']}")
     for flag, name, why in (("key", "-k", "taoctl's exports are plain ONNX"),
-                            ("cal_json_file", "--cal_json_file", "it carries QAT scales and taoctl models are "
-                                                                 "not QAT-trained"),
+                            ("cal_json_file", "--cal_json_file", "a taoctl QAT ONNX carries its scales in its "
+                                                                 "QDQ nodes"),
                             ("force_ptq", "--force_ptq", "INT8 from an fp32 ONNX always calibrates")):
         if flags.get(flag):
             echo(f"Notice: {name} is not used: {why}.")

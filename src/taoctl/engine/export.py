@@ -257,7 +257,8 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
                  calibration: Iterable[Mapping[str, np.ndarray]] | None = None, cal_cache=None,
                  cal_method: str = "minmax", engine_file=None, max_batch_size: int = 16, min_batch_size: int = 1,
                  opt_batch_size: int | None = None, max_workspace_size: int | None = None,
-                 strict_type_constraints: bool = False, gen_ds_config: bool = False) -> ExportResult:
+                 strict_type_constraints: bool = False, gen_ds_config: bool = False,
+                 force_ptq: bool = False) -> ExportResult:
     """Export ``adapter`` to ``output`` (.onnx, or TAO 4's .etlt name) in ``data_type``; see the module docstring.
 
     ``sample``: real model inputs by input name (``sample_desc`` says what they are in messages);
@@ -317,7 +318,7 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
             convert_fp16(fp32, final)
             checks = check_outputs(adapter, run_onnx(final, sample), reference)
             print(f"ONNX fp16 vs fp32: {_summary(checks)}", flush=True)
-        elif data_type == "int8" and quantization_aware:
+        elif data_type == "int8" and quantization_aware and not force_ptq:
             final = Path(work) / "int8.onnx"
             qat.export_qdq(adapter.module, sample, final, adapter.input_names, adapter.output_names,
                            {name: {axis: a.name for axis, a in axes.items()} for name, axes in adapter.dynamic_axes.items()},

@@ -595,12 +595,6 @@ def run_export(task: Task, run: Run) -> int:
     from taoctl.engine import export
 
     flags = run.flags
-    if flags.get("force_ptq"):
-        echo("Notice: --force_ptq: taoctl models are not QAT-trained; INT8 export always calibrates (post-training "
-             "quantisation).")
-    if flags.get("cal_json_file"):
-        echo(f"Notice: --cal_json_file {flags['cal_json_file']} ignored: it carries QAT scales and this model was "
-             f"not trained with QAT; INT8 scales come from calibration.")
     if flags.get("onnx_route"):
         echo(f"Notice: --onnx_route {flags['onnx_route']} has no meaning here: taoctl exports from PyTorch with "
              f"torch.onnx.")
@@ -621,6 +615,17 @@ def run_export(task: Task, run: Run) -> int:
     output = Path(flags.get("output_file") or Path(model_path).with_suffix(".onnx"))
     model, manifest = task.load_model(model_path, run.key)
     adapter = task.export_adapter(run, model, manifest)
+    from taoctl.engine import qat
+
+    quantization_aware = qat.is_qat(adapter.module)
+    if flags.get("force_ptq"):
+        echo("Notice: --force_ptq: INT8 scales come from calibrating the QAT model's float graph, not from training."
+             if quantization_aware else
+             "Notice: --force_ptq: this model was not trained with QAT; INT8 export calibrates it anyway.")
+    if flags.get("cal_json_file"):
+        echo(f"Notice: --cal_json_file {flags['cal_json_file']} is not used: "
+             + ("the QAT scales go into the ONNX's QDQ nodes and the TensorRT cache (--cal_cache_file)."
+                if quantization_aware else "this model was not trained with QAT; INT8 scales come from calibration."))
     sample, sample_desc, calibration = _export_inputs(task, run, manifest, adapter)
     export.export_model(adapter, output, sample, sample_desc=sample_desc, data_type=flags["data_type"],
                         opset=flags.get("target_opset"), static_batch_size=flags.get("static_batch_size"),
@@ -630,7 +635,7 @@ def run_export(task: Task, run: Run) -> int:
                         opt_batch_size=flags.get("opt_batch_size"),
                         max_workspace_size=flags.get("max_workspace_size"),
                         strict_type_constraints=bool(flags.get("strict_type_constraints")),
-                        gen_ds_config=bool(flags.get("gen_ds_config")))
+                        gen_ds_config=bool(flags.get("gen_ds_config")), force_ptq=bool(flags.get("force_ptq")))
     task.after_export(run, manifest, output)
     return 0
 
