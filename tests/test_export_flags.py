@@ -218,7 +218,7 @@ def test_tao_export_command_with_every_flag(tmp_path, taoctl):
     for flag in ("--min_batch_size", "--opt_batch_size", "--max_workspace_size", "--gpu_index"):
         assert flag in engine_only
     assert opset_of(out / "m.etlt") == 13
-    assert (out / "cal.bin").read_text().startswith("TRT-8601-MinMaxCalibration\n")
+    assert (out / "cal.bin").read_text().startswith("TRT-8601-LegacyCalibration\n")  # percentile, the default
     config = configparser.ConfigParser()
     config.read(out / "nvinfer_config.txt")
     assert config["property"]["onnx-file"] == "m.etlt" and config["property"]["batch-size"] == "4"

@@ -106,8 +106,9 @@ EXPORT = [
                  help="INT8 of a QAT model from calibration (post-training quantisation) instead of its learned scales."),
     click.option("--batches", type=int, default=10, show_default=True, help="Calibration batches."),
     click.option("--batch_size", type=int, default=8, show_default=True, help="Calibration batch size."),
-    click.option("--cal_method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-                 show_default=True, help="INT8 calibration method (named in the calibration cache's header)."),
+    click.option("--cal_method", type=click.Choice(["minmax", "entropy", "percentile"]), default="percentile",
+                 show_default=True, help="INT8 calibration method (named in the calibration cache's header); "
+                                         "percentile (99.999 %) kept 100 % of BCCD detectnet_v2's mAP, minmax 95.5 %."),
     click.option("--engine_file", default=None, help="Build a TensorRT engine here (needs tensorrt)."),
     click.option("--max_batch_size", type=int, default=16, show_default=True,
                  help="TensorRT profile's largest batch, and DeepStream's batch-size."),
