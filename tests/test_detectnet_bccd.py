@@ -2,7 +2,7 @@
 
 Runs docs/detectnet_v2_bccd.sh end to end (about 40 minutes on the 2-core CPU when the machine is
 quiet): train from ImageNet weights, evaluate on the test split, prune, retrain, export fp32 and
-INT8, evaluate both exports on the test split.
+INT8, evaluate both exports on the test split, then QAT and its INT8 export.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def test_seed_sequence_on_bccd(tmp_path):
     retrained = _map(runs / "evaluate_retrained")
     fp32 = _map(runs / "evaluate_model")
     int8 = _map(runs / "evaluate_model_int8")
+    qat_int8 = _map(runs / "evaluate_model_qat_int8")
     assert unpruned >= 0.90, f"test mAP50 {unpruned:.4f} < 90 %"
     assert retrained >= 0.97 * unpruned, f"pruned + retrained keeps {retrained / unpruned:.1%} < 97 %"
     assert fp32 == pytest.approx(retrained, abs=1e-4)  # the ONNX model detects what PyTorch does
     assert int8 >= 0.99 * fp32, f"INT8 keeps {int8 / fp32:.1%} of fp32 < 99 %"
+    assert qat_int8 >= 0.99 * fp32, f"QAT INT8 keeps {qat_int8 / fp32:.1%} of fp32 < 99 %"
