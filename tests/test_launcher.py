@@ -141,7 +141,7 @@ def test_entrypoint_sets_passive_omp_wait_before_the_subtask_loads():
     assert result.stdout.splitlines()[-1] == "policy=PASSIVE False"
 
 
-def tiny_classification(root, epochs: int):
+def tiny_classification(root, epochs: int, lr: float = 0.01):
     """A two-class set of 4 images per class under ``root/data`` and a resnet10 spec training on it."""
     make_colour_images(root, {"data": 4})
     spec = root / "spec.txt"
@@ -149,7 +149,7 @@ def tiny_classification(root, epochs: int):
 model_config {{ arch: "resnet" n_layers: 10 input_image_size: "3,32,32" }}
 train_config {{
   train_dataset_path: "{root}/data" val_dataset_path: "{root}/data"
-  optimizer {{ sgd {{ lr: 0.01 }} }} lr_config {{ step {{ learning_rate: 0.01 step_size: 1 gamma: 1 }} }}
+  optimizer {{ sgd {{ lr: {lr} }} }} lr_config {{ step {{ learning_rate: {lr} step_size: 1 gamma: 1 }} }}
   batch_size_per_gpu: 8 n_epochs: {epochs} n_workers: 0
 }}
 eval_config {{ eval_dataset_path: "{root}/data" top_k: 1 batch_size: 8 }}
@@ -274,7 +274,9 @@ def test_a_train_run_stopped_by_taoctl_stop_ends_its_status_with_failure(tmp_pat
     import json
 
     monkeypatch.setenv("TAOCTL_HOME", str(tmp_path))
-    spec = tiny_classification(tmp_path, epochs=10000)
+    # A learning rate that cannot diverge however many epochs a loaded machine runs before the stop
+    # (0.01 turns the loss nan at about epoch 4).
+    spec = tiny_classification(tmp_path, epochs=10000, lr=1e-5)
     results = tmp_path / "train"
     env = {"TAOCTL_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
     job = taoctl.start("classification", "train", "-e", spec, "-r", results, env=env,
