@@ -358,15 +358,5 @@ class DetectNetTask(TF1DetectionTask):
         return export.DeepStreamFields(export.NetworkType.DETECTOR, labels=tuple(classes), normalizer=NORMALIZER,
                                        cluster_mode=mode, class_attributes=attributes)
 
-    def after_export(self, run, manifest, output):
-        """labels.txt beside the ONNX (DeepStream's labelfile), never overwriting a different one."""
-        from taoctl.fileio import write_atomic
-
-        text = "\n".join(manifest["classes"]) + "\n"
-        path = output.with_name("labels.txt")
-        if path.exists() and path.read_text() != text:
-            path = output.with_suffix(".labels.txt")
-        write_atomic(path, text)
-
 
 TASK = DetectNetTask()

@@ -344,15 +344,5 @@ class YoloV3Task(TF1DetectionTask):
                                     output_names=(BOXES, SCORES), dynamic_axes={INPUT: {0: export.BATCH}},
                                     tolerances={BOXES: 1e-2, SCORES: 1e-3}, deepstream=deepstream, tail=tail)
 
-    def after_export(self, run, manifest, output):
-        """labels.txt beside the ONNX (DeepStream's labelfile), never overwriting a different one."""
-        from taoctl.fileio import write_atomic
-
-        text = "\n".join(manifest["classes"]) + "\n"
-        path = output.with_name("labels.txt")
-        if path.exists() and path.read_text() != text:
-            path = output.with_suffix(".labels.txt")
-        write_atomic(path, text)
-
 
 TASK = YoloV3Task()
