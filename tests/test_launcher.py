@@ -61,7 +61,8 @@ def test_info_verbose_shows_the_task_table(taoctl):
     assert result.returncode == 0
     assert "taoctl version" in result.stdout and "runtimes:" in result.stdout
     table = {line.split()[0]: line for line in result.stdout.splitlines() if line and line.split()[0] in ISSUE_TASKS}
-    assert "conversational" in table["text_classification"] and "planned" in table["text_classification"]
+    assert "conversational" in table["text_classification"] and "partial" in table["text_classification"]
+    assert "conversational" in table["token_classification"] and "planned" in table["token_classification"]
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["info", "--verbose"], ["list"]])

@@ -393,3 +393,41 @@ def test_cv_common_errors_name_the_field(message_type, text, message):
     with pytest.raises(TaoctlError) as error:
         optim.from_cv_common(training_config, steps_per_epoch=10)
     assert str(error.value) == message
+
+
+def _nemo_optim(**sched):
+    from taoctl.tasks.nlp_common.spec import Optim, Sched
+
+    return Optim(name="adamw", lr=1e-4, weight_decay=0.01, sched=Sched(**sched) if sched else None)
+
+
+def test_nemo_warmup_annealing_ramps_then_decays_linearly_to_zero():
+    spec = optim.from_nemo(_nemo_optim(name="WarmupAnnealing", warmup_ratio=0.1), steps_per_epoch=50, epochs=2)
+    schedule = spec.schedule
+    assert spec.optimizer.kind == "adamw" and spec.optimizer.weight_decay == 0.01
+    assert schedule.warmup_steps == 10 and schedule(0) < schedule(9) < 1e-4
+    assert schedule(10) == pytest.approx(1e-4)
+    assert schedule(55) == pytest.approx(1e-4 * 0.5)
+    assert schedule(100) == pytest.approx(0.0)
+
+
+def test_nemo_schedules_and_their_shapes():
+    cosine = optim.from_nemo(_nemo_optim(name="CosineAnnealing", warmup_ratio=0.0), 10, 1).schedule
+    root = optim.from_nemo(_nemo_optim(name="SquareRootAnnealing", warmup_steps=0), 10, 1).schedule
+    constant = optim.from_nemo(_nemo_optim(), 10, 1).schedule
+    assert cosine(5) == pytest.approx(0.5e-4) and root(5) == pytest.approx(1e-4 * math.sqrt(0.5))
+    assert constant(0) == constant(9) == 1e-4
+
+
+def test_nemo_adamw_decouples_weight_decay():
+    model = nn.Linear(3, 2)
+    spec = optim.from_nemo(_nemo_optim(), 1, 1)
+    built = optim.build_optimizer(model, spec.optimizer, spec.regularizer, spec.schedule.base_lr)
+    assert isinstance(built, torch.optim.AdamW) and built.param_groups[0]["weight_decay"] == 0.01
+
+
+def test_nemo_unknown_optimizer_is_one_line():
+    bad = _nemo_optim()
+    bad.name = "lamb"
+    with pytest.raises(TaoctlError, match="optim.name: unknown optimizer 'lamb'"):
+        optim.from_nemo(bad, 1, 1)

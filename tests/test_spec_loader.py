@@ -334,3 +334,16 @@ def test_generated_pb2_files_match_their_protos(tmp_path):
              if (tmp_path / p.replace(".proto", "_pb2.py")).read_bytes()
              != (SRC / p.replace(".proto", "_pb2.py")).read_bytes()]
     assert not stale, f"run `make protos` and commit: stale _pb2.py for {stale}"
+
+
+def test_yaml_interpolation_takes_the_referenced_value(tmp_path):
+    from taoctl.tasks.text_classification import spec as tc_spec
+
+    path = tmp_path / "train.yaml"
+    path.write_text("model:\n  language_model:\n    pretrained_model_name: my/encoder\n")
+    loaded = specs.load(path, tc_spec.KINDS["experiment"])
+    assert loaded.model.tokenizer.tokenizer_name == "my/encoder"
+    path.write_text("model:\n  tokenizer:\n    tokenizer_name: ${model.language_model.nothing}\n")
+    with pytest.raises(specs.SpecError, match=r"train.yaml:3:21: model.tokenizer.tokenizer_name: "
+                                              r"\$\{model.language_model.nothing\} names no value"):
+        specs.load(path, tc_spec.KINDS["experiment"])

@@ -83,8 +83,9 @@ def results_dir_option(required: bool = False):
                         help="Folder for outputs, logs and status.json.")
 
 
-def common_options(func):
-    """Flags TAO's entrypoint adds to every subtask: devices, processes, AMP, logging."""
+def common_options(func, exclude=()):
+    """Flags TAO's entrypoint adds to every subtask: devices, processes, AMP, logging; those named in
+    ``exclude`` are left out (a subtask declaring its own, e.g. the NeMo tasks' ``-g/--gpus``)."""
     decorators = [
         click.option("--gpus", type=int, default=1, show_default=True,
                      help="GPUs to use; more than one launches one process per GPU (torchrun)."),
@@ -103,8 +104,15 @@ def common_options(func):
         click.option("-v", "--verbose", is_flag=True, help="Show debug output and tracebacks."),
     ]
     for decorator in reversed(decorators):
-        func = decorator(func)
+        if not set(option_names(decorator)) & set(exclude):
+            func = decorator(func)
     return func
+
+
+def option_names(decorator) -> tuple[str, ...]:
+    """The flag names a click.option decorator declares (applied to a throwaway function to read them)."""
+    probe = decorator(lambda: None)
+    return tuple(name for param in probe.__click_params__ for name in param.opts)
 
 
 # The signal (SIGINT or SIGTERM) that is ending this run, once one arrived; see handle_interrupts.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import click
 
-from taoctl.engine.cli import CONTEXT_SETTINGS, MultiValueOption, common_options, key_option, spec_option
+from taoctl.engine.cli import CONTEXT_SETTINGS, MultiValueOption, common_options, key_option, option_names, spec_option
 
 
 def _spec(required: bool):
@@ -134,31 +134,65 @@ CALIBRATION_TENSORFILE = [
     _STRICT,
 ]
 
+# TAO 3.x's conversational (NeMo) tasks: `-e -r -k -m -g` and trailing Hydra overrides (TAO_CONVERSATIONAL.md).
+_NEMO_GPUS = click.option("-g", "--gpus", type=int, default=1, show_default=True,
+                          help="GPUs to use; more than one launches one process per GPU (torchrun).")
+
+
+def _nemo_model(required: bool, help: str = "Trained model file (trained-model.tlt) or its exported .onnx."):
+    return click.option("-m", "--model_path", required=required, default=None, help=help)
+
+
+NEMO_TRAIN = [_spec(True), _results_dir(required=True), key_option(), _NEMO_GPUS, *TRAIN[3:]]
+NEMO_FINETUNE = [*NEMO_TRAIN, _nemo_model(True, "Trained model file to fine-tune (trained-model.tlt).")]
+NEMO_EVALUATE = [_spec(True), _nemo_model(False), key_option(), _results_dir(), _NEMO_GPUS,
+                 click.option("-b", "--batch_size", type=int, default=None, help="Batch size (default: test_ds's)."),
+                 _STRICT]
+NEMO_INFER = [_spec(True), _nemo_model(False), key_option(), _results_dir(), _NEMO_GPUS]
+NEMO_EXPORT = [_spec(False), _nemo_model(True, "Trained model file (trained-model.tlt)."), key_option(),
+               _results_dir(),
+               click.option("-o", "--output_file", default=None,
+                            help="Output (default: the spec's export_to in -r): *.riva (a zip of the ONNX, tokenizer "
+                                 "files and label maps), *.onnx or TAO's *.eonnx (plain ONNX)."),
+               click.option("--data_type", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+                            help="int8: dynamic INT8 quantisation of the weights (onnxruntime), its agreement with "
+                                 "fp32 printed (taoctl extension)."),
+               _STRICT]
+DOWNLOAD_SPECS = [click.option("-o", "--output_dir", required=True, type=click.Path(file_okay=False),
+                               help="Folder to write the task's default spec files into."),
+                  _results_dir()]
+
 FLAGS = {"train": TRAIN, "evaluate": EVALUATE, "inference": INFERENCE, "prune": PRUNE, "export": EXPORT,
-         "calibration_tensorfile": CALIBRATION_TENSORFILE}
+         "calibration_tensorfile": CALIBRATION_TENSORFILE,
+         "nemo_train": NEMO_TRAIN, "nemo_finetune": NEMO_FINETUNE, "nemo_evaluate": NEMO_EVALUATE,
+         "nemo_infer": NEMO_INFER, "nemo_export": NEMO_EXPORT, "download_specs": DOWNLOAD_SPECS}
 
 
-def subtask_command(subtask: str, task_ref: str, help: str, options=()) -> click.Command:
+def subtask_command(subtask: str, task_ref: str, help: str, options=(), flags: str | None = None) -> click.Command:
     """The click command of ``subtask`` for the task ``task_ref`` names (``module:attribute``).
 
     ``options``: the task's own flags, added after the shared ones (a task flag with the
     name of a shared one replaces it, e.g. inference's ``-i`` means an image or a folder).
+    ``flags``: which shared flag set (a key of :data:`FLAGS`) and runner, when not the subtask's own
+    name: the NeMo tasks' ``train`` is ``nemo_train``.
     """
+    flag_set = flags or subtask
 
-    def callback(**flags):
+    def callback(**values):
         from taoctl.engine.runners import run_subtask
 
-        return run_subtask(subtask, task_ref, flags)
+        return run_subtask(subtask, task_ref, values, runner=flag_set)
 
-    return _command(FLAGS[subtask], callback, help, options)
+    return _command(FLAGS[flag_set], callback, help, options)
 
 
 def _command(flag_set, callback, help: str, options) -> click.Command:
     """A click command of ``flag_set`` plus a task's own ``options`` (which replace shared flags of their names)."""
     own = list(options)
-    own_names = {name for decorator in own for name in _option_names(decorator)}
-    shared = [d for d in flag_set if not own_names & set(_option_names(d))]
-    command = common_options(callback)  # innermost: listed after the subtask's own flags in --help
+    own_names = {name for decorator in own for name in option_names(decorator)}
+    shared = [d for d in flag_set if not own_names & set(option_names(d))]
+    declared = own_names | {name for decorator in shared for name in option_names(decorator)}
+    command = common_options(callback, exclude=declared)  # innermost: listed after the subtask's own flags
     for decorator in reversed(shared + own):
         command = decorator(command)
     command = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")(command)
@@ -231,7 +265,3 @@ def flag_names() -> dict[str, str]:
     return {param.name: param.opts[0] for param in click.get_current_context().command.params}
 
 
-def _option_names(decorator) -> tuple[str, ...]:
-    """The flag names a click.option decorator declares (applied to a throwaway function to read them)."""
-    probe = decorator(lambda: None)
-    return tuple(name for param in probe.__click_params__ for name in param.opts)

@@ -258,7 +258,7 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
                  cal_method: str = "percentile", engine_file=None, max_batch_size: int = 16, min_batch_size: int = 1,
                  opt_batch_size: int | None = None, max_workspace_size: int | None = None,
                  strict_type_constraints: bool = False, gen_ds_config: bool = False,
-                 force_ptq: bool = False) -> ExportResult:
+                 force_ptq: bool = False, quantization: str = "static") -> ExportResult:
     """Export ``adapter`` to ``output`` (.onnx, or TAO 4's .etlt name) in ``data_type``; see the module docstring.
 
     ``sample``: real model inputs by input name (``sample_desc`` says what they are in messages);
@@ -268,6 +268,9 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
     size, as TAO's export does, and DeepStream's batch-size is it); ``min_batch_size``,
     ``opt_batch_size``, ``max_batch_size``: the TensorRT engine's profile (:func:`batch_profile`),
     ``max_workspace_size`` (bytes) and ``strict_type_constraints``: its builder (:func:`build_tensorrt_engine`).
+    ``quantization``: how ``int8`` quantises, ``static`` (QDQ from ``calibration``, for TensorRT) or
+    ``dynamic`` (onnxruntime's int8 weights with activations quantised per batch at run time: no calibration,
+    what transformer encoders deploy on CPU).
     """
     output = Path(output)
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -330,6 +333,15 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
             write_trt_cache(result.cal_cache, {name: (-127 * scale, 127 * scale)
                                                for name, scale in qat.quantized_scales(final).items()})
             print(f"Wrote TensorRT calibration cache {result.cal_cache} (the QAT scales)", flush=True)
+        elif data_type == "int8" and quantization == "dynamic":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            final = Path(work) / "int8.onnx"
+            quantize_dynamic(str(fp32), str(final), weight_type=QuantType.QInt8)
+            quantised = run_onnx(final, sample)
+            agreement = adapter.int8_agreement(reference, quantised) if adapter.int8_agreement else \
+                _summary(check_outputs(adapter, quantised, reference))
+            print(f"ONNX int8 (dynamic) vs fp32 on {sample_desc}: {agreement}", flush=True)
         elif data_type == "int8":
             batches = list(calibration or [])
             if not batches:

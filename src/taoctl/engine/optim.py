@@ -49,7 +49,7 @@ class OptimizerSpec:
     :func:`build_scheduler` applies it.
     """
 
-    kind: Literal["sgd", "adam", "rmsprop"] = "sgd"
+    kind: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
     momentum: float = 0.0
     nesterov: bool = False
     betas: tuple[float, float] = KERAS_BETAS
@@ -58,6 +58,8 @@ class OptimizerSpec:
     amsgrad: bool = False
     centered: bool = False
     decay: float = 0.0
+    # NeMo's optim.weight_decay: on every trainable parameter (decoupled for adamw), when no L2 regularizer is set.
+    weight_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -217,8 +219,40 @@ class EarlyStoppingAnnealingSchedule:
         self.best_cost, self.best_epoch = state["best_cost"], state["best_epoch"]
 
 
+@dataclass(frozen=True)
+class NeMoSchedule:
+    """NeMo's ``optim.sched`` policies (nemo/core/optim/lr_scheduler.py), which TAO's conversational tasks use:
+    a linear warmup from 0 over ``warmup_steps``, then ``WarmupAnnealing`` (linear to ``min_lr`` at the end),
+    ``CosineAnnealing``, ``SquareRootAnnealing`` (``base_lr * sqrt(remaining fraction)``),
+    ``InverseSquareRootAnnealing`` or ``constant`` (no schedule: ``optim.sched`` absent)."""
+
+    name: Literal["WarmupAnnealing", "CosineAnnealing", "SquareRootAnnealing", "InverseSquareRootAnnealing",
+                  "constant"]
+    base_lr: float
+    total_steps: int
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.base_lr * (step + 1) / (self.warmup_steps + 1)
+        if self.name == "constant":
+            return self.base_lr
+        span = max(self.total_steps - self.warmup_steps, 1)
+        done = min(max(step - self.warmup_steps, 0) / span, 1.0)
+        if self.name == "WarmupAnnealing":
+            factor = 1.0 - done
+        elif self.name == "CosineAnnealing":
+            factor = (1 + math.cos(math.pi * done)) / 2
+        elif self.name == "SquareRootAnnealing":
+            factor = math.sqrt(1.0 - done)
+        else:  # InverseSquareRootAnnealing
+            factor = 1.0 / math.sqrt(max(step - self.warmup_steps, 0) + 1)
+        return max(self.min_lr, self.base_lr * factor) if self.min_lr else self.base_lr * factor
+
+
 LRSchedule = (StepSchedule | SoftAnnealSchedule | SoftStartAnnealingSchedule | SoftStartCosineSchedule
-              | EarlyStoppingAnnealingSchedule)
+              | EarlyStoppingAnnealingSchedule | NeMoSchedule)
 
 
 @dataclass(frozen=True)
@@ -252,7 +286,7 @@ def build_optimizer(model: nn.Module, optimizer: OptimizerSpec, regularizer: Reg
                   {"params": [p for p in trainable if id(p) not in kernel_ids], "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
     else:
-        groups = [{"params": trainable, "weight_decay": 0.0}]
+        groups = [{"params": trainable, "weight_decay": optimizer.weight_decay}]
     if optimizer.kind == "sgd":
         # Keras' Nesterov step with zero momentum is the plain step; torch refuses the combination.
         return torch.optim.SGD(groups, lr=base_lr, momentum=optimizer.momentum,
@@ -260,6 +294,9 @@ def build_optimizer(model: nn.Module, optimizer: OptimizerSpec, regularizer: Reg
     if optimizer.kind == "adam":
         return torch.optim.Adam(groups, lr=base_lr, betas=optimizer.betas, eps=optimizer.epsilon,
                                 amsgrad=optimizer.amsgrad)
+    if optimizer.kind == "adamw":
+        return torch.optim.AdamW(groups, lr=base_lr, betas=optimizer.betas, eps=optimizer.epsilon,
+                                 amsgrad=optimizer.amsgrad)
     if optimizer.kind == "rmsprop":
         return torch.optim.RMSprop(groups, lr=base_lr, alpha=optimizer.rho, eps=optimizer.epsilon,
                                    momentum=optimizer.momentum, centered=optimizer.centered)
@@ -461,3 +498,26 @@ def _cv_common_regularizer(config) -> RegularizerSpec:
     if not 0.0 < config.weight < 1.0:
         raise TaoctlError(f"training_config.regularizer.weight: must be in (0, 1) for {kind} (got {config.weight:g})")
     return RegularizerSpec(kind, float(config.weight))
+
+
+def from_nemo(optim_config, steps_per_epoch: int, epochs: int) -> OptimizationSpec:
+    """A NeMo ``optim`` section (``name``, ``lr``, ``betas``, ``weight_decay``, ``sched.{name, warmup_steps,
+    warmup_ratio, min_lr}``), read by field name, for ``epochs`` of ``steps_per_epoch``."""
+    name = optim_config.name.lower()
+    kinds = {"adam": "adam", "adamw": "adamw", "sgd": "sgd", "rmsprop": "rmsprop"}
+    if name not in kinds:
+        raise TaoctlError(f"optim.name: unknown optimizer {optim_config.name!r}; use one of {', '.join(kinds)}")
+    betas = tuple(optim_config.betas) if optim_config.betas else KERAS_BETAS
+    optimizer = OptimizerSpec(kind=kinds[name], betas=betas, epsilon=1e-8,
+                              momentum=getattr(optim_config, "momentum", 0.0) or 0.0,
+                              weight_decay=optim_config.weight_decay or 0.0)
+    total = max(steps_per_epoch * epochs, 1)
+    sched = optim_config.sched
+    if sched is None:
+        return OptimizationSpec(optimizer, RegularizerSpec(), NeMoSchedule("constant", optim_config.lr, total))
+    if sched.warmup_steps is not None:
+        warmup = sched.warmup_steps
+    else:
+        warmup = int(round((sched.warmup_ratio or 0.0) * total))
+    return OptimizationSpec(optimizer, RegularizerSpec(),
+                            NeMoSchedule(sched.name, optim_config.lr, total, warmup, sched.min_lr or 0.0))

@@ -34,7 +34,9 @@ from taoctl.errors import TaoctlError
 from taoctl.outputs import OverwriteError, refuse_overwrites
 
 # Subtasks that run the model in mixed precision with --use_amp (on a GPU).
-_AMP_SUBTASKS = ("train", "evaluate", "inference")
+_AMP_SUBTASKS = ("train", "finetune", "evaluate", "inference", "infer")
+# Subtasks that train (the trainer writes their status.json lines and claims the results dir).
+TRAINING_SUBTASKS = ("train", "finetune")
 # Real inputs the exported model is checked on against PyTorch.
 CHECK_SAMPLES = 16
 
@@ -64,7 +66,9 @@ def check_flag_ranges(flags: dict) -> None:
         raise TaoctlError(f"-np/--num_processes must be >= 1 (or -1: one per GPU), got {processes}")
 
 
-def run_subtask(subtask: str, task_ref: str, flags: dict) -> int:
+def run_subtask(subtask: str, task_ref: str, flags: dict, runner: str | None = None) -> int:
+    """Run ``subtask`` of the task ``task_ref`` names with the runner of its flag set (``runner``, a key of
+    ``engine.commands.FLAGS``: the NeMo tasks' ``nemo_train`` ...; default the subtask's name)."""
     from taoctl.engine.spec import parse_overrides
 
     task = resolve(task_ref)
@@ -87,7 +91,7 @@ def run_subtask(subtask: str, task_ref: str, flags: dict) -> int:
         if flags.get("use_amp") and subtask not in _AMP_SUBTASKS:
             echo(f"Notice: --use_amp has no effect on {subtask} (it applies to {', '.join(_AMP_SUBTASKS)}).")
         with _subtask_status(run, main):
-            return _RUNNERS[subtask](task, run)
+            return _RUNNERS[runner or subtask](task, run)
 
 
 @contextlib.contextmanager
@@ -106,7 +110,7 @@ def _interrupt_named(subtask: str):
 
 # What a subtask reads and what it writes, by flag (click) name; export's --cal_data_file is either.
 _INPUT_FLAGS = ("experiment_spec", "model_path", "classmap", "classmap_json", "image", "image_dir", "cal_image_dir")
-_OUTPUT_FLAGS = ("output_file", "output", "cal_cache_file", "engine_file", "log_file", "results_dir")
+_OUTPUT_FLAGS = ("output_file", "output", "output_dir", "cal_cache_file", "engine_file", "log_file", "results_dir")
 
 
 def _subtask_paths(task: Task, run: Run) -> tuple[list, list]:
@@ -216,7 +220,7 @@ def _dry_run(task: Task, run: Run) -> int:
             raise TaoctlError("dry run: " + "; ".join(missing))
         echo("Dry run OK: every path the flags name exists.")
         return 0
-    fields = None if run.subtask == "train" else ()
+    fields = None if run.subtask in TRAINING_SUBTASKS else ()
     return finish_dry_run(run.spec_path, run.spec, task.spec.KINDS[task.spec_kind_for(run)], paths, fields=fields)
 
 
@@ -238,19 +242,19 @@ def _subtask_status(run: Run, main: bool):
     status = StatusHook(run.results_dir / "status.json")
     written_before = status.path.stat().st_size if status.path.is_file() else 0
     marker_before = _run_marker(run.results_dir)
-    if run.subtask != "train":
+    if run.subtask not in TRAINING_SUBTASKS:
         run.results_dir.mkdir(parents=True, exist_ok=True)
         status.write("STARTED", f"Starting {run.subtask}.")
     try:
         yield
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt) or interrupt_signal() is not None
-        what = "Training" if run.subtask == "train" else run.subtask.capitalize()
+        what = "Training" if run.subtask in TRAINING_SUBTASKS else run.subtask.capitalize()
         message = f"{what} interrupted." if interrupted else f"{what} failed: {exc}"
         claimed = _run_marker(run.results_dir) != marker_before
         _record_failure(run, status, written_before, message, held_nothing, claimed)
         raise
-    if run.subtask != "train":
+    if run.subtask not in TRAINING_SUBTASKS:
         status.write("SUCCESS", f"{run.subtask.capitalize()} finished successfully.")
 
 
@@ -288,7 +292,7 @@ def _record_failure(run: Run, status, written_before: int, message: str, held_no
                 fcntl.lockf(held.enter_context(open(lock_path, "a")), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return  # not writable, or another run holds the dir: leave it as it is
-        if run.subtask == "train" and not claimed and _has_checkpoint(results_dir):
+        if run.subtask in TRAINING_SUBTASKS and not claimed and _has_checkpoint(results_dir):
             return
         if not _failure_written_since(status.path, written_before):
             with contextlib.suppress(OSError):
@@ -698,5 +702,62 @@ def run_calibration_tensorfile(task: Task, run: Run) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- the NeMo tasks' export and specs
+def run_nemo_export(task: Task, run: Run) -> int:
+    """TAO 3.x's conversational export: ``-m`` to the spec's ``export_to`` (in ``-r``) or ``-o``: ``.riva`` (the
+    task's folder archive around the ONNX), ``.onnx`` or TAO's ``.eonnx`` (plain ONNX here); ``--data_type
+    int8`` quantises the weights dynamically."""
+    import tempfile
+
+    from taoctl.engine import export
+
+    spec = run.spec
+    output = run.flags.get("output_file")
+    if not output:
+        if run.results_dir is None:
+            raise TaoctlError("export needs -o FILE or -r DIR (the spec's export_to is written there)")
+        output = run.results_dir / (spec.export_to if spec is not None else "exported-model.riva")
+    output = Path(output)
+    suffix = output.suffix.lower()
+    if suffix not in (".riva", ".onnx", ".eonnx"):
+        raise TaoctlError(f"{output}: export writes *.riva, *.onnx or *.eonnx")
+    if spec is not None and spec.export_format == "ONNX" and suffix == ".riva":
+        raise TaoctlError(f"export_format is ONNX but the output {output} is a .riva name: name it *.onnx or *.eonnx")
+    model, manifest = task.load_model(run.flags["model_path"], run.key)
+    adapter = task.export_adapter(run, model, manifest)
+    sample = task.preprocess(manifest)(task.sample_texts(run, manifest, CHECK_SAMPLES))
+    if suffix == ".eonnx":
+        echo(f"Notice: {output} is written as plain, unencrypted ONNX (TAO's .eonnx was encrypted with -k)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent) as work:
+        written = Path(work) / "model.onnx"
+        export.export_model(adapter, written, sample, sample_desc=f"{len(sample[adapter.input_names[0]])} "
+                            f"{adapter.items}", data_type=run.flags["data_type"], quantization="dynamic")
+        task.after_export(run, manifest, written)
+        if suffix == ".riva":
+            task.write_riva(manifest, written, output)
+            echo(f"Wrote {output}: .riva is NVIDIA's own format; taoctl's is a zip of model.onnx, the tokenizer "
+                 f"files and the label maps (Riva cannot load it)")
+        else:
+            os.replace(written, output)
+            echo(f"Wrote {output}")
+    return 0
+
+
+def run_download_specs(task: Task, run: Run) -> int:
+    """The task's default spec files (TAO's keys, taoctl's own files) into ``-o``."""
+    from taoctl.fileio import write_atomic
+
+    folder = Path(run.flags["output_dir"])
+    specs = task.default_specs()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in specs.items():
+        write_atomic(folder / name, text)
+    echo(f"Wrote {', '.join(sorted(specs))} to {folder}")
+    return 0
+
+
 _RUNNERS = {"train": run_train, "evaluate": run_evaluate, "inference": run_inference, "prune": run_prune,
-            "export": run_export, "calibration_tensorfile": run_calibration_tensorfile}
+            "export": run_export, "calibration_tensorfile": run_calibration_tensorfile,
+            "nemo_train": run_train, "nemo_finetune": run_train, "nemo_evaluate": run_evaluate,
+            "nemo_infer": run_inference, "nemo_export": run_nemo_export, "download_specs": run_download_specs}

@@ -210,6 +210,13 @@ class Task:
         """Whose required fields the spec must set (a subtask's name; None: only the always-required)."""
         return subtask
 
+    def default_specs(self) -> dict[str, str]:
+        """``download_specs``' files: ``{name: text}`` of the ``specs/`` folder beside the task's spec module."""
+        folder = Path(self.spec.__file__).parent / "specs"
+        if not folder.is_dir():
+            raise TaoctlError(f"{self.name} has no default specs to download")
+        return {path.name: path.read_text() for path in sorted(folder.glob("*.yaml"))}
+
     def dry_run_paths(self, run: Run) -> dict[str, str | None]:
         """``{flag or what: path}`` that ``--dry-run`` checks besides the spec's path fields (train):
         the input paths the flags name, each under the flag the user typed for it."""

@@ -26,7 +26,7 @@ MODEL, DATASET, DEPLOY = "model", "dataset", "deploy"
 _DETECTOR = ("dataset_convert", "train", "evaluate", "inference", "prune", "export")
 _YOLO = _DETECTOR + ("kmeans",)
 _GAZE_LIKE = ("dataset_convert", "train", "evaluate", "inference", "export")
-_NEMO = ("train", "evaluate", "infer", "export", "finetune")
+_NEMO = ("download_specs", "train", "finetune", "evaluate", "infer", "export")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +137,8 @@ TASKS: tuple[Task, ...] = (
     Task("spectro_gen", CONVERSATIONAL, ("dataset_convert", "train", "infer", "export", "finetune", "pitch_stats")),
     Task("speech_to_text", CONVERSATIONAL, ("dataset_convert", "create_tokenizer") + _NEMO),
     Task("speech_to_text_citrinet", CONVERSATIONAL, ("dataset_convert", "create_tokenizer") + _NEMO),
-    Task("text_classification", CONVERSATIONAL, ("dataset_convert", "infer_onnx") + _NEMO),
+    Task("text_classification", CONVERSATIONAL, ("dataset_convert",) + _NEMO + ("infer_onnx",),
+         package="text_classification"),
     Task("token_classification", CONVERSATIONAL, _NEMO),
     Task("vocoder", CONVERSATIONAL, ("train", "infer", "export", "finetune")),
 )

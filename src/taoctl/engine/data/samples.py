@@ -7,6 +7,8 @@ Writes, from numpy + Pillow only and in a few seconds,
   so a small CNN separates them in a couple of epochs, while shape stays the defining cue.
 * ``DIR/kitti/{images,labels}``: a KITTI 2D detection set of the same three shapes, several
   non-overlapping objects per image, with boxes that are the exact pixel extent of what was drawn.
+* ``DIR/text_classification/{train,dev}.tsv`` + ``labels.txt``: NeMo's ``text<TAB>label`` format, short
+  messages built from templates, ``ham`` (0: everyday messages) or ``spam`` (1: prize and offer messages).
 
 The output depends only on the seed and ``VERSION``; a second run with the same ones finds
 ``DIR/samples.json`` and does nothing. Everything is built in a temporary folder beside DIR
@@ -27,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # Bump whenever the generated content changes, so old sample folders are regenerated.
-VERSION = 1
+VERSION = 2
 STAMP = "samples.json"
 CLASSES = ("circle", "square", "triangle")
 # Base hue (RGB) per class; each drawn shape jitters around it.
@@ -38,6 +40,24 @@ CLASSIFICATION_COUNTS = {"train": 90, "val": 30}  # per class
 KITTI_SIZE = (320, 240)  # width, height: multiples of 16 as DetectNet_v2 wants
 KITTI_IMAGES = 200
 KITTI_OBJECTS = (2, 6)  # objects per image, inclusive
+TEXT_COUNTS = {"train": 160, "dev": 48}
+TEXT_LABELS = ("ham", "spam")
+# Templates and fillers of the two message classes; words are shared across classes where they can be.
+_TEXT_TEMPLATES = {
+    "ham": ("are we still meeting for {meal} {day}?", "i will be home by {time}, can you get {item}",
+            "thanks for the {item}, see you {day}", "running late, save me some {meal}",
+            "did you call {name} about {day}", "can you pick up {item} on the way {day}"),
+    "spam": ("congratulations! you have won a {prize}, call {number} now to claim",
+             "urgent: your {prize} is waiting, text win to {number}",
+             "free {prize} for you {day}! reply yes to {number}", "you are selected for a {prize}, claim it at {number}",
+             "final notice: claim your cash {prize} today, call {number}", "win a {prize} {day}, just text {number}"),
+}
+_TEXT_FILLERS = {
+    "meal": ("lunch", "dinner", "breakfast", "coffee"), "day": ("today", "tomorrow", "on friday", "tonight"),
+    "time": ("six", "seven", "eight thirty", "noon"), "item": ("milk", "the keys", "bread", "the tickets"),
+    "name": ("tom", "anna", "mum", "the office"), "prize": ("holiday", "phone", "1000 pounds", "cruise"),
+    "number": ("08001234", "87121", "09061701461", "83355"),
+}
 KITTI_OBJECT_SIDE = (24, 72)  # box side in pixels, inclusive
 
 
@@ -146,6 +166,25 @@ def _write_kitti(root: Path, rng: np.random.Generator) -> dict:
     return {"images": KITTI_IMAGES, "size": list(KITTI_SIZE), "objects": per_class}
 
 
+def _message(rng: np.random.Generator, label: str) -> str:
+    templates = _TEXT_TEMPLATES[label]
+    template = templates[int(rng.integers(len(templates)))]
+    fillers = {key: words[int(rng.integers(len(words)))] for key, words in _TEXT_FILLERS.items()}
+    return template.format(**fillers)
+
+
+def _write_text_classification(root: Path, rng: np.random.Generator) -> dict:
+    root.mkdir(parents=True)
+    counts = {}
+    for split, count in TEXT_COUNTS.items():
+        labels = rng.permutation(np.arange(count) % len(TEXT_LABELS))
+        lines = [f"{_message(rng, TEXT_LABELS[label])}\t{label}" for label in labels]
+        (root / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+        counts[split] = count
+    (root / "labels.txt").write_text("\n".join(TEXT_LABELS) + "\n")
+    return counts
+
+
 def _stamp(seed: int) -> dict:
     return {"generator": "taoctl.engine.data.samples", "version": VERSION, "seed": seed}
 
@@ -158,24 +197,28 @@ def is_generated(out: str | os.PathLike, seed: int = 0) -> bool:
         return False
     expected = _stamp(seed)
     return all(found.get(k) == v for k, v in expected.items()) and all(
-        (Path(out) / part).is_dir() for part in ("classification", "kitti"))
+        (Path(out) / part).is_dir() for part in _PARTS)
+
+
+_PARTS = ("classification", "kitti", "text_classification")
 
 
 def generate(out: str | os.PathLike, seed: int = 0, force: bool = False) -> dict:
-    """Write both sample sets under ``out``; returns the stamp (with counts). Skips when already there."""
+    """Write the sample sets under ``out``; returns the stamp (with counts). Skips when already there."""
     out = Path(out)
     if not force and is_generated(out, seed):
         return json.loads((out / STAMP).read_text()) | {"skipped": True}
     out.mkdir(parents=True, exist_ok=True)
     # Separate streams: changing one set's size does not reshuffle the other.
-    cls_rng, det_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    cls_rng, det_rng, text_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     with tempfile.TemporaryDirectory(dir=out, prefix=".samples-") as tmp:
         tmp = Path(tmp)
         stamp = _stamp(seed)
         stamp["classification"] = _write_classification(tmp / "classification", cls_rng)
         stamp["kitti"] = _write_kitti(tmp / "kitti", det_rng)
+        stamp["text_classification"] = _write_text_classification(tmp / "text_classification", text_rng)
         (out / STAMP).unlink(missing_ok=True)
-        for part in ("classification", "kitti"):
+        for part in _PARTS:
             if (out / part).exists():
                 shutil.rmtree(out / part)
             os.replace(tmp / part, out / part)
@@ -194,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     state = "already generated" if stamp["skipped"] else "generated"
     kitti = stamp["kitti"]
     print(f"{state}: {args.out} (seed {args.seed}): classification {stamp['classification']}; "
-          f"kitti {kitti['images']} images {kitti['size'][0]}x{kitti['size'][1]}, objects {kitti['objects']}")
+          f"kitti {kitti['images']} images {kitti['size'][0]}x{kitti['size'][1]}, objects {kitti['objects']}; "
+          f"text_classification {stamp['text_classification']}")
     return 0
 
 

@@ -209,11 +209,36 @@ def load(text: str, schema, filename: str, required=(), overrides=()):
     for override in overrides:
         _apply_override(root, schema, override, loader)
     spec = loader.section(root, schema, "")
+    _interpolate(spec, spec, "", loader.origins, filename)
     missing = [p for p in required if not any(v not in (None, "") for _, v in resolve(spec, p))]
     if missing:
         noun = "value" if len(missing) == 1 else "values"
         raise SpecError(f"{filename}: missing required {noun} {', '.join(missing)}")
     return spec, loader.origins
+
+
+_REFERENCE = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")
+
+
+def _interpolate(root, obj, prefix: str, origins: dict, filename: str) -> None:
+    """OmegaConf's ``${a.b}``: a string value that is exactly a reference takes the referenced value
+    (e.g. NeMo's ``tokenizer_name: ${model.language_model.pretrained_model_name}``)."""
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        path = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(value):
+            _interpolate(root, value, f"{path}.", origins, filename)
+        elif isinstance(value, str) and (match := _REFERENCE.match(value)):
+            target = root
+            for part in match.group(1).split("."):
+                if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+                    raise SpecError(f"{origins.get(path, filename)}: {path}: ${{{match.group(1)}}} names no value "
+                                    f"of this spec")
+                target = getattr(target, part)
+            if dataclasses.is_dataclass(target):
+                raise SpecError(f"{origins.get(path, filename)}: {path}: ${{{match.group(1)}}} is a section, "
+                                f"not a value")
+            setattr(obj, field.name, target)
 
 
 def _alternatives(annotation) -> list:

@@ -1,0 +1,1 @@
+"""TAO 3.x text_classification (NeMo's TextClassificationModel) on a transformers encoder."""

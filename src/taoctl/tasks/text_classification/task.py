@@ -1,0 +1,234 @@
+"""text_classification: a sentence classifier (NeMo's SequenceClassifier) on the shared NLP base.
+
+Data: NeMo's TSV, ``text<TAB>label`` with integer labels from 0, no header (a ``sentence<TAB>label``
+header line, which older NeMo wrote, is skipped). Class names come from
+``model.class_labels.class_labels_file`` (one per line) or are the label ids.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from taoctl.engine.cli import echo
+from taoctl.engine.task import Evaluator, TrainData, Validation
+from taoctl.errors import TaoctlError
+from taoctl.fileio import write_atomic
+from taoctl.tasks.nlp_common.data import limit, read_label_names, read_lines
+from taoctl.tasks.nlp_common.task import MultiLayerPerceptron, NLPTask, data_loader
+
+HEADER = ("sentence", "label")
+
+
+def read_tsv(path, num_classes: int, what: str) -> tuple[list[str], list[int]]:
+    """``text<TAB>label`` lines; a missing TAB, a non-integer or out-of-range label is ``file:line``."""
+    texts, labels = [], []
+    for number, line in enumerate(read_lines(path, what), start=1):
+        if not line.strip():
+            continue
+        text, tab, label = line.rstrip("\r").rpartition("\t")
+        if number == 1 and (text.strip().lower(), label.strip().lower()) == HEADER:
+            continue
+        if not tab:
+            raise TaoctlError(f"{path}:{number}: no TAB between the text and its label (NeMo's format: "
+                              f"text<TAB>label)")
+        try:
+            value = int(label.strip())
+        except ValueError:
+            raise TaoctlError(f"{path}:{number}: label {label.strip()!r} is not an integer") from None
+        if not 0 <= value < num_classes:
+            raise TaoctlError(f"{path}:{number}: label {value} is out of range for {num_classes} classes "
+                              f"(0..{num_classes - 1})")
+        if not text.strip():
+            raise TaoctlError(f"{path}:{number}: empty text")
+        texts.append(" ".join(text.split()))
+        labels.append(value)
+    return texts, labels
+
+
+class SequenceClassifier(nn.Module):
+    """NeMo's SequenceClassifier: dropout, then an MLP on the first ([CLS]) token's hidden state -> logits."""
+
+    def __init__(self, hidden: int, num_classes: int, num_layers: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.mlp = MultiLayerPerceptron(hidden, num_classes, num_layers)
+
+    def forward(self, hidden, attention_mask):
+        return self.mlp(self.dropout(hidden[:, 0]))
+
+
+class ClassificationReport(Evaluator):
+    """Accuracy, loss and per-class precision/recall/F1/support with micro/macro/weighted averages, as NeMo's
+    ClassificationReport printed them; one evaluator for training's validation and ``evaluate``."""
+
+    def __init__(self, texts: list[str], labels: list[int], classes: list[str], batch_size: int):
+        self.texts, self.labels, self.classes, self.batch_size = texts, np.asarray(labels), classes, batch_size
+
+    def logits(self, predictor) -> np.ndarray:
+        order = np.argsort([len(t) for t in self.texts], kind="stable")  # similar lengths pad less
+        out = np.zeros((len(self.texts), len(self.classes)), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            out[rows] = predictor([self.texts[i] for i in rows])[0]
+        return out
+
+    def run(self, predictor):
+        from sklearn.metrics import precision_recall_fscore_support
+
+        logits = self.logits(predictor)
+        predicted = logits.argmax(1)
+        ids = list(range(len(self.classes)))
+        loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(self.labels)))
+        precision, recall, f1, support = precision_recall_fscore_support(self.labels, predicted, labels=ids,
+                                                                         zero_division=0)
+        per_class = {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                     for name, p, r, f, s in zip(self.classes, precision, recall, f1, support)}
+        averages = {}
+        for average in ("micro", "macro", "weighted"):
+            p, r, f, _ = precision_recall_fscore_support(self.labels, predicted, labels=ids, average=average,
+                                                         zero_division=0)
+            averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f),
+                                 "support": int(len(self.labels))}
+        return {"accuracy": float(np.mean(predicted == self.labels)), "loss": loss, "per_class": per_class,
+                "averages": averages, "examples": int(len(self.labels)), "source": predictor.source}
+
+    def summary(self, report):
+        values = {"accuracy": report["accuracy"], "loss": report["loss"], "f1": report["averages"]["macro"]["f1"]}
+        values.update({f"f1_{name}": c["f1"] for name, c in report["per_class"].items()})
+        return values
+
+    def write(self, report, out_dir):
+        echo(format_report(report))
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(out_dir / "results.json", json.dumps(report, indent=1))
+        echo(f"Wrote {out_dir / 'results.json'}")
+
+
+def format_report(report: dict) -> str:
+    """NeMo's ClassificationReport table (precision/recall/f1 in %, support) and TAO's test_* line."""
+    width = max([len(n) for n in report["per_class"]] + [16])
+    lines = [f"{'label':<{width}} {'precision':>10} {'recall':>10} {'f1':>10} {'support':>10}"]
+    for name, c in report["per_class"].items():
+        lines.append(f"{name:<{width}} {c['precision'] * 100:10.2f} {c['recall'] * 100:10.2f} "
+                     f"{c['f1'] * 100:10.2f} {c['support']:10d}")
+    lines.append("-" * len(lines[0]))
+    for average, c in report["averages"].items():
+        lines.append(f"{average + ' avg':<{width}} {c['precision'] * 100:10.2f} {c['recall'] * 100:10.2f} "
+                     f"{c['f1'] * 100:10.2f} {c['support']:10d}")
+    lines.append(f"\naccuracy {report['accuracy'] * 100:.2f} % on {report['examples']} examples; "
+                 f"test_loss {report['loss']:.4f}, test_f1 {report['averages']['macro']['f1'] * 100:.2f}")
+    return "\n".join(lines)
+
+
+class TextClassificationTask(NLPTask):
+    name = "text_classification"
+    spec_module = "taoctl.tasks.text_classification.spec"
+
+    def labels(self, run):
+        spec = run.spec.model
+        count = spec.dataset.num_classes
+        if spec.class_labels.class_labels_file:
+            names = read_label_names(spec.class_labels.class_labels_file, "model.class_labels.class_labels_file")
+            if len(names) != count:
+                raise TaoctlError(f"{spec.class_labels.class_labels_file}: {len(names)} class names, but "
+                                  f"model.dataset.num_classes is {count}")
+            return {"classes": names}
+        return {"classes": [str(i) for i in range(count)]}
+
+    def head_config(self, run):
+        head = run.spec.model.classifier_head
+        return {"num_output_layers": head.num_output_layers, "fc_dropout": head.fc_dropout}
+
+    def build_heads(self, run, hidden, labels):
+        head = run.spec.model.classifier_head
+        return SequenceClassifier(hidden, len(labels["classes"]), head.num_output_layers, head.fc_dropout)
+
+    def heads_from_manifest(self, manifest, hidden):
+        head = manifest["heads"]
+        return SequenceClassifier(hidden, len(manifest["labels"]["classes"]), head["num_output_layers"],
+                                  head["fc_dropout"])
+
+    def output_names(self, manifest):
+        return ("logits",)
+
+    def max_seq_length(self, spec):
+        return spec.model.dataset.max_seq_length
+
+    # ------------------------------------------------------------------ data and training
+    def train_data(self, run):
+        prepared = self.prepare(run)
+        classes = prepared["labels"]["classes"]
+        section = run.spec.finetuning_ds if run.subtask == "finetune" else run.spec.training_ds
+        what = "finetuning_ds.file_path" if run.subtask == "finetune" else "training_ds.file_path"
+        texts, labels = read_tsv(section.file_path, len(classes), what)
+        texts, labels = limit(texts, section.num_samples), limit(labels, section.num_samples)
+        validation = None
+        if run.spec.validation_ds.file_path:
+            validation = read_tsv(run.spec.validation_ds.file_path, len(classes), "validation_ds.file_path")
+        tokenizer = prepared["tokenizer"]
+        length = self.max_seq_length(run.spec) if prepared["finetune_manifest"] is None \
+            else prepared["finetune_manifest"]["max_seq_length"]
+        encoded = tokenizer(texts, truncation=True, max_length=length, return_token_type_ids=True)
+        features = [{"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": label}
+                    for ids, mask, types, label in zip(encoded["input_ids"], encoded["attention_mask"],
+                                                       encoded["token_type_ids"], labels)]
+        counts = np.bincount(labels, minlength=len(classes))
+        run.echo(f"{what}: {len(texts)} examples ({', '.join(f'{c} {n}' for c, n in zip(classes, counts))})")
+        loader = data_loader(features, section.batch_size, section.shuffle, tokenizer.pad_token_id,
+                             section.drop_last, seed=self.seed(run))
+        weights = None
+        if run.spec.model.dataset.class_balancing == "weighted_loss":
+            weights = torch.tensor(len(labels) / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
+        return TrainData(loader, validation=validation, class_weights=weights, sample_texts=texts, **prepared)
+
+    def training_step(self, run, model, data):
+        weights = data.class_weights
+
+        def step(net, batch):
+            logits = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            loss = nn.functional.cross_entropy(logits, batch["labels"],
+                                               weight=weights.to(logits.device) if weights is not None else None)
+            return loss, {}
+
+        return step
+
+    def validation(self, run, data):
+        if data.validation is None:
+            return None
+        texts, labels = data.validation
+        report = ClassificationReport(texts, labels, data.labels["classes"], run.spec.validation_ds.batch_size)
+        return Validation(report, best_metric="accuracy", mode="max")
+
+    # ------------------------------------------------------------------ evaluate / infer
+    def evaluator(self, run, manifest):
+        classes = manifest["labels"]["classes"]
+        texts, labels = read_tsv(run.spec.test_ds.file_path, len(classes), "test_ds.file_path")
+        count = run.spec.test_ds.num_samples
+        return ClassificationReport(limit(texts, count), limit(labels, count), classes,
+                                    run.flags.get("batch_size") or run.spec.test_ds.batch_size)
+
+    def infer(self, run, predictor):
+        queries = list(run.spec.input_batch)
+        classes = predictor.manifest["labels"]["classes"]
+        results = []
+        for batch in self.batches(queries, 64):
+            logits = predictor(batch)[0]
+            probabilities = torch.softmax(torch.from_numpy(logits), -1).numpy()
+            for query, row in zip(batch, probabilities):
+                best = int(row.argmax())
+                results.append({"query": query, "label": classes[best], "label_id": best,
+                                "confidence": float(row[best])})
+                echo(f"Query: {query}\nPredicted label: {classes[best]} ({row[best]:.3f})")
+        if run.results_dir:
+            run.results_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(run.results_dir / "infer_results.json", json.dumps(results, indent=1))
+            echo(f"Wrote {run.results_dir / 'infer_results.json'}")
+
+
+TASK = TextClassificationTask()
