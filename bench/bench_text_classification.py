@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = accuracy_rows(args.model, args.data, Path(tmp))
         for name, report in rows.items():
-            spam = report["per_class"]["spam"]["f1"]
+            spam = report["per_label"]["spam"]["f1"]
             print(f"  fine-tuned, {name:<9}: accuracy {report['accuracy'] * 100:.2f} %, spam F1 {spam:.3f} "
                   f"({(report['accuracy'] - baseline['accuracy']) * 100:+.2f} pt vs the baseline)", flush=True)
 

@@ -65,7 +65,7 @@ def test_evaluate_infer_export_and_the_onnx_agrees(sample, trained, taoctl):
                        check=True)
     assert "precision" in evaluated.stdout and "macro avg" in evaluated.stdout
     report = json.loads((root / "eval" / "results.json").read_text())
-    assert set(report["per_class"]) == {"ham", "spam"} and report["examples"] == 48
+    assert set(report["per_label"]) == {"ham", "spam"} and report["examples"] == 48
 
     inferred = taoctl(TASK, "infer", "-e", specs / "infer.yaml", "-m", model, "-r", root / "infer", check=True)
     assert inferred.stdout.count("Query:") == 2

@@ -158,6 +158,7 @@ NEMO_EXPORT = [_spec(False), _nemo_model(True, "Trained model file (trained-mode
                             help="int8: dynamic INT8 quantisation of the weights (onnxruntime), its agreement with "
                                  "fp32 printed (taoctl extension)."),
                _STRICT]
+NEMO_DATASET_CONVERT = [_spec(True), _results_dir(), key_option()]
 DOWNLOAD_SPECS = [click.option("-o", "--output_dir", required=True, type=click.Path(file_okay=False),
                                help="Folder to write the task's default spec files into."),
                   _results_dir()]
@@ -165,7 +166,8 @@ DOWNLOAD_SPECS = [click.option("-o", "--output_dir", required=True, type=click.P
 FLAGS = {"train": TRAIN, "evaluate": EVALUATE, "inference": INFERENCE, "prune": PRUNE, "export": EXPORT,
          "calibration_tensorfile": CALIBRATION_TENSORFILE,
          "nemo_train": NEMO_TRAIN, "nemo_finetune": NEMO_FINETUNE, "nemo_evaluate": NEMO_EVALUATE,
-         "nemo_infer": NEMO_INFER, "nemo_export": NEMO_EXPORT, "download_specs": DOWNLOAD_SPECS}
+         "nemo_infer": NEMO_INFER, "nemo_export": NEMO_EXPORT, "nemo_dataset_convert": NEMO_DATASET_CONVERT,
+         "download_specs": DOWNLOAD_SPECS}
 
 
 def subtask_command(subtask: str, task_ref: str, help: str, options=(), flags: str | None = None) -> click.Command:

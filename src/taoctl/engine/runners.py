@@ -744,6 +744,12 @@ def run_nemo_export(task: Task, run: Run) -> int:
     return 0
 
 
+def run_dataset_convert(task: Task, run: Run) -> int:
+    """A spec-driven dataset_convert (the NeMo tasks': ``source_data_dir``, ``target_data_dir`` ... in the spec)."""
+    task.dataset_convert(run)
+    return 0
+
+
 def run_download_specs(task: Task, run: Run) -> int:
     """The task's default spec files (TAO's keys, taoctl's own files) into ``-o``."""
     from taoctl.fileio import write_atomic
@@ -760,4 +766,5 @@ def run_download_specs(task: Task, run: Run) -> int:
 _RUNNERS = {"train": run_train, "evaluate": run_evaluate, "inference": run_inference, "prune": run_prune,
             "export": run_export, "calibration_tensorfile": run_calibration_tensorfile,
             "nemo_train": run_train, "nemo_finetune": run_train, "nemo_evaluate": run_evaluate,
-            "nemo_infer": run_inference, "nemo_export": run_nemo_export, "download_specs": run_download_specs}
+            "nemo_infer": run_inference, "nemo_export": run_nemo_export, "nemo_dataset_convert": run_dataset_convert,
+            "download_specs": run_download_specs}

@@ -372,6 +372,10 @@ class Task:
     def after_export(self, run: Run, manifest: dict, output: Path) -> None:
         """Files a deployment needs beside the exported model (e.g. a class map)."""
 
+    def dataset_convert(self, run: Run) -> None:
+        """A spec-driven dataset_convert (the NeMo tasks'): reads and writes what the spec names."""
+        raise NotImplementedError
+
 
 def resolve(ref: str) -> Task:
     """The Task object a ``module:attribute`` reference names (the launcher passes names, never objects)."""

@@ -139,7 +139,7 @@ TASKS: tuple[Task, ...] = (
     Task("speech_to_text_citrinet", CONVERSATIONAL, ("dataset_convert", "create_tokenizer") + _NEMO),
     Task("text_classification", CONVERSATIONAL, ("dataset_convert",) + _NEMO + ("infer_onnx",),
          package="text_classification"),
-    Task("token_classification", CONVERSATIONAL, _NEMO),
+    Task("token_classification", CONVERSATIONAL, ("dataset_convert",) + _NEMO, package="token_classification"),
     Task("vocoder", CONVERSATIONAL, ("train", "infer", "export", "finetune")),
 )
 

@@ -90,6 +90,9 @@ class NLPTask(Task):
         return spec.model.dataset.max_seq_length
 
     # ------------------------------------------------------------------ spec and paths
+    def spec_kind_for(self, run):
+        return "dataset_convert" if run.subtask == "dataset_convert" else self.spec_kind
+
     def required_spec(self, subtask, flags):
         return subtask
 
@@ -183,9 +186,13 @@ class NLPTask(Task):
 
     # ------------------------------------------------------------------ preprocessing
     def encode(self, tokenizer, texts, max_length: int, pairs=None) -> dict[str, np.ndarray]:
-        """Token ids of ``texts`` (and ``pairs``), padded to the longest, cut at ``max_length``."""
-        encoded = tokenizer(list(texts), list(pairs) if pairs is not None else None, padding=True, truncation=True,
-                            max_length=max_length, return_tensors="np", return_token_type_ids=True)
+        """Token ids of ``texts`` (sentences, or word lists for token-level tasks; and ``pairs``), padded to the
+        longest, cut at ``max_length``."""
+        texts = list(texts)
+        words = bool(texts) and isinstance(texts[0], (list, tuple))
+        encoded = tokenizer(texts, list(pairs) if pairs is not None else None, padding=True, truncation=True,
+                            max_length=max_length, return_tensors="np", return_token_type_ids=True,
+                            is_split_into_words=words)
         return {name: encoded[name].astype(np.int64) for name in INPUT_NAMES}
 
     def preprocess(self, manifest):

@@ -19,6 +19,7 @@ from taoctl.engine.task import Evaluator, TrainData, Validation
 from taoctl.errors import TaoctlError
 from taoctl.fileio import write_atomic
 from taoctl.tasks.nlp_common.data import limit, read_label_names, read_lines
+from taoctl.tasks.nlp_common.metrics import format_table, label_report
 from taoctl.tasks.nlp_common.task import MultiLayerPerceptron, NLPTask, data_loader
 
 HEADER = ("sentence", "label")
@@ -78,28 +79,14 @@ class ClassificationReport(Evaluator):
         return out
 
     def run(self, predictor):
-        from sklearn.metrics import precision_recall_fscore_support
-
         logits = self.logits(predictor)
-        predicted = logits.argmax(1)
-        ids = list(range(len(self.classes)))
         loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(self.labels)))
-        precision, recall, f1, support = precision_recall_fscore_support(self.labels, predicted, labels=ids,
-                                                                         zero_division=0)
-        per_class = {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                     for name, p, r, f, s in zip(self.classes, precision, recall, f1, support)}
-        averages = {}
-        for average in ("micro", "macro", "weighted"):
-            p, r, f, _ = precision_recall_fscore_support(self.labels, predicted, labels=ids, average=average,
-                                                         zero_division=0)
-            averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f),
-                                 "support": int(len(self.labels))}
-        return {"accuracy": float(np.mean(predicted == self.labels)), "loss": loss, "per_class": per_class,
-                "averages": averages, "examples": int(len(self.labels)), "source": predictor.source}
+        return {**label_report(self.labels, logits.argmax(1), self.classes), "loss": loss,
+                "examples": int(len(self.labels)), "source": predictor.source}
 
     def summary(self, report):
         values = {"accuracy": report["accuracy"], "loss": report["loss"], "f1": report["averages"]["macro"]["f1"]}
-        values.update({f"f1_{name}": c["f1"] for name, c in report["per_class"].items()})
+        values.update({f"f1_{name}": c["f1"] for name, c in report["per_label"].items()})
         return values
 
     def write(self, report, out_dir):
@@ -111,19 +98,9 @@ class ClassificationReport(Evaluator):
 
 
 def format_report(report: dict) -> str:
-    """NeMo's ClassificationReport table (precision/recall/f1 in %, support) and TAO's test_* line."""
-    width = max([len(n) for n in report["per_class"]] + [16])
-    lines = [f"{'label':<{width}} {'precision':>10} {'recall':>10} {'f1':>10} {'support':>10}"]
-    for name, c in report["per_class"].items():
-        lines.append(f"{name:<{width}} {c['precision'] * 100:10.2f} {c['recall'] * 100:10.2f} "
-                     f"{c['f1'] * 100:10.2f} {c['support']:10d}")
-    lines.append("-" * len(lines[0]))
-    for average, c in report["averages"].items():
-        lines.append(f"{average + ' avg':<{width}} {c['precision'] * 100:10.2f} {c['recall'] * 100:10.2f} "
-                     f"{c['f1'] * 100:10.2f} {c['support']:10d}")
-    lines.append(f"\naccuracy {report['accuracy'] * 100:.2f} % on {report['examples']} examples; "
-                 f"test_loss {report['loss']:.4f}, test_f1 {report['averages']['macro']['f1'] * 100:.2f}")
-    return "\n".join(lines)
+    """NeMo's ClassificationReport table and TAO's test_* line."""
+    return (format_table(report) + f"\n\naccuracy {report['accuracy'] * 100:.2f} % on {report['examples']} examples; "
+            f"test_loss {report['loss']:.4f}, test_f1 {report['averages']['macro']['f1'] * 100:.2f}")
 
 
 class TextClassificationTask(NLPTask):

@@ -1,0 +1,73 @@
+"""Word-level labels on sub-word tokens, as NeMo's token-level tasks define them.
+
+A sentence is a list of words; the tokenizer splits words into sub-tokens. A word's label sits on
+its first sub-token; the other sub-tokens, [CLS]/[SEP] and padding are ignored by the loss
+(``IGNORE``). A word that tokenizes to nothing (WNUT's U+FE0F) or lies beyond ``max_seq_length``
+has no position: it cannot be learnt, and its prediction is the task's pad label.
+"""
+
+from __future__ import annotations
+
+from taoctl.errors import TaoctlError
+from taoctl.tasks.nlp_common.data import read_lines
+
+IGNORE = -100
+
+
+def tokenize_words(tokenizer, sentences: list[list[str]], max_length: int, padding: bool = False):
+    """The tokenizer's encoding of ``sentences`` (word lists) with word ids, cut at ``max_length``."""
+    return tokenizer(sentences, is_split_into_words=True, truncation=True, max_length=max_length, padding=padding,
+                     return_token_type_ids=True)
+
+
+def first_positions(encoding, row: int, words: int) -> list[int | None]:
+    """Per word of sentence ``row``: the position of its first sub-token, or None when it has none."""
+    positions: list[int | None] = [None] * words
+    for position, word in enumerate(encoding.word_ids(row)):
+        if word is not None and positions[word] is None:
+            positions[word] = position
+    return positions
+
+
+def word_label_rows(encoding, labels: list[list[int]]) -> list[list[int]]:
+    """Per sentence, a label per token: the word's label on its first sub-token, IGNORE elsewhere."""
+    rows = []
+    for row, sentence in enumerate(labels):
+        tokens = [IGNORE] * len(encoding["input_ids"][row])
+        for word, position in enumerate(first_positions(encoding, row, len(sentence))):
+            if position is not None:
+                tokens[position] = sentence[word]
+        rows.append(tokens)
+    return rows
+
+
+def word_predictions(encoding, row: int, words: int, token_predictions, pad_label: int) -> list[int]:
+    """Per word: the prediction at its first sub-token, ``pad_label`` for a word without one."""
+    return [pad_label if position is None else int(token_predictions[position])
+            for position in first_positions(encoding, row, words)]
+
+
+def read_word_files(text_file, labels_file, names: list[str], what: str) -> tuple[list[list[str]], list[list[int]]]:
+    """NeMo's ``text_*.txt`` (space-separated words a line) and ``labels_*.txt`` (a label a word): line and word
+    counts must agree and every label must be in ``names``, else ``file:line``."""
+    texts = read_lines(text_file, f"{what}.text_file")
+    labels = read_lines(labels_file, f"{what}.labels_file")
+    if len(texts) != len(labels):
+        raise TaoctlError(f"{labels_file}: {len(labels)} lines, but {text_file} has {len(texts)}: each text line "
+                          f"needs its line of labels")
+    ids = {name: index for index, name in enumerate(names)}
+    sentences, label_rows = [], []
+    for number, (text, label_line) in enumerate(zip(texts, labels), start=1):
+        words, tags = text.split(), label_line.split()
+        if not words and not tags:
+            continue
+        if len(words) != len(tags):
+            raise TaoctlError(f"{labels_file}:{number}: {len(tags)} labels for the {len(words)} words of "
+                              f"{text_file}:{number}")
+        unknown = next((tag for tag in tags if tag not in ids), None)
+        if unknown is not None:
+            raise TaoctlError(f"{labels_file}:{number}: label {unknown!r} is not in the label map "
+                              f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})")
+        sentences.append(words)
+        label_rows.append([ids[tag] for tag in tags])
+    return sentences, label_rows

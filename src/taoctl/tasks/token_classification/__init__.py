@@ -1,0 +1,1 @@
+"""TAO 3.x token_classification (NER; NeMo's TokenClassificationModel) on a transformers encoder."""

@@ -1,0 +1,102 @@
+"""token_classification's YAML specs: TAO 3.x's keys (../shared/reference/TAO_CONVERSATIONAL.md, section 4).
+
+``data_dir`` sits at the top level, as TAO's command lines set it (``data_dir=/data/ner``); the
+fact sheet leaves open whether TAO's own train.yaml nested it, so ``model.dataset.data_dir`` is
+read too (the top-level value wins). ``*_ds.text_file``/``labels_file`` are relative to it unless
+absolute; ``model.label_ids`` defaults to ``<data_dir>/label_ids.csv``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from taoctl.engine.spec import SpecKind, at_least, fraction
+from taoctl.engine.spec import load as _load
+from taoctl.tasks.nlp_common.spec import (RANGES, DataLoader, ExpManager, LanguageModel, Optim, Tokenizer, Trainer,
+                                          loader_ranges)
+
+
+@dataclasses.dataclass
+class Dataset:
+    data_dir: str | None = None
+    max_seq_length: int = 128
+    class_balancing: Literal["weighted_loss"] | None = None
+    pad_label: str = "O"
+    ignore_extra_tokens: bool = True
+    ignore_start_end: bool = True
+    use_cache: bool = False
+
+
+@dataclasses.dataclass
+class Head:
+    num_fc_layers: int = 2
+    fc_dropout: float = 0.5
+    activation: str = "relu"
+    use_transformer_init: bool = True
+
+
+@dataclasses.dataclass
+class Model:
+    label_ids: str | None = None
+    dataset: Dataset = dataclasses.field(default_factory=Dataset)
+    tokenizer: Tokenizer = dataclasses.field(default_factory=Tokenizer)
+    language_model: LanguageModel = dataclasses.field(default_factory=LanguageModel)
+    head: Head = dataclasses.field(default_factory=Head)
+
+
+@dataclasses.dataclass
+class WordFiles(DataLoader):
+    text_file: str | None = None
+    labels_file: str | None = None
+
+
+def _files(split: str, shuffle: bool = False, batch_size: int = 32):
+    return lambda: WordFiles(text_file=f"text_{split}.txt", labels_file=f"labels_{split}.txt", shuffle=shuffle,
+                             batch_size=batch_size)
+
+
+@dataclasses.dataclass
+class Experiment:
+    data_dir: str | None = None
+    trainer: Trainer = dataclasses.field(default_factory=Trainer)
+    model: Model = dataclasses.field(default_factory=Model)
+    training_ds: WordFiles = dataclasses.field(default_factory=_files("train", shuffle=True))
+    validation_ds: WordFiles = dataclasses.field(default_factory=_files("dev", batch_size=64))
+    test_ds: WordFiles = dataclasses.field(default_factory=_files("dev", batch_size=64))
+    finetuning_ds: WordFiles = dataclasses.field(default_factory=_files("train", shuffle=True))
+    optim: Optim = dataclasses.field(default_factory=lambda: Optim(lr=5e-5))
+    exp_manager: ExpManager = dataclasses.field(default_factory=ExpManager)
+    input_batch: list[str] = dataclasses.field(default_factory=list)
+    restore_from: str | None = None
+    encryption_key: str | None = None
+    export_format: Literal["ONNX", "RIVA"] = "RIVA"
+    export_to: str = "exported-model.riva"
+
+
+@dataclasses.dataclass
+class DatasetConvert:
+    source_data_dir: str | None = None
+    target_data_dir: str | None = None
+    list_of_file_names: list[str] = dataclasses.field(default_factory=lambda: ["train.txt", "dev.txt"])
+    train_file_name: str = "train.txt"
+    max_length: int = -1
+
+
+KINDS = {
+    "experiment": SpecKind(
+        "experiment", schema=Experiment,
+        required_for={"train": ("training_ds.text_file",), "finetune": ("finetuning_ds.text_file",),
+                      "evaluate": ("test_ds.text_file",), "infer": ("input_batch",)},
+        paths=("data_dir", "model.label_ids"),
+        ranges={**RANGES, **loader_ranges("training_ds", "validation_ds", "test_ds", "finetuning_ds"),
+                "model.dataset.max_seq_length": at_least(8), "model.head.num_fc_layers": at_least(1),
+                "model.head.fc_dropout": fraction}),
+    "dataset_convert": SpecKind(
+        "dataset_convert", schema=DatasetConvert, required=("source_data_dir", "target_data_dir"),
+        paths=("source_data_dir",), folders=("source_data_dir",)),
+}
+
+
+def load(path, kind: str = "experiment", subtask: str | None = None, on_warning=None, overrides=()):
+    return _load(path, KINDS[kind], on_warning=on_warning, subtask=subtask, overrides=overrides)

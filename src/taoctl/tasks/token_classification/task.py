@@ -1,0 +1,299 @@
+"""token_classification (NER): a tag per word (NeMo's TokenClassifier) on the shared NLP base.
+
+Data: NeMo's ``text_<split>.txt`` (space-separated words a line) + ``labels_<split>.txt`` (a tag a
+word) + ``label_ids.csv`` (a tag a line, line index = id). ``dataset_convert`` builds them from
+CoNLL/IOB columns. Evaluation reports NeMo's per-tag table (word level) and the entity-level
+precision/recall/F1 of CoNLL's scoring (seqeval), which picks the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from taoctl.engine.cli import echo
+from taoctl.engine.task import Evaluator, TrainData, Validation
+from taoctl.errors import TaoctlError
+from taoctl.fileio import atomic_paths, write_atomic
+from taoctl.outputs import refuse_overwrites
+from taoctl.tasks.nlp_common.data import limit, read_label_names, read_lines
+from taoctl.tasks.nlp_common.metrics import format_table, label_report
+from taoctl.tasks.nlp_common.task import MultiLayerPerceptron, NLPTask, data_loader
+from taoctl.tasks.nlp_common.words import (read_word_files, tokenize_words, word_label_rows, word_predictions)
+
+
+class TokenClassifier(nn.Module):
+    """NeMo's TokenClassifier: dropout, then an MLP on every token's hidden state -> per-token logits."""
+
+    def __init__(self, hidden: int, num_classes: int, num_layers: int, dropout: float, activation: str):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.mlp = MultiLayerPerceptron(hidden, num_classes, num_layers, activation)
+
+    def forward(self, hidden, attention_mask):
+        return self.mlp(self.dropout(hidden))
+
+
+def entity_report(truth: list[list[str]], predicted: list[list[str]]) -> dict:
+    """Entity-level (CoNLL) precision/recall/F1 per entity type and averaged, from seqeval."""
+    from seqeval.metrics import classification_report
+
+    report = classification_report(truth, predicted, output_dict=True, zero_division=0)
+    per_label = {name: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
+                        "support": int(v["support"])} for name, v in report.items() if not name.endswith(" avg")}
+    averages = {name.split()[0]: {"precision": float(v["precision"]), "recall": float(v["recall"]),
+                                  "f1": float(v["f1-score"]), "support": int(v["support"])}
+                for name, v in report.items() if name.endswith(" avg")}
+    return {"per_label": per_label, "averages": averages}
+
+
+class TaggingReport(Evaluator):
+    """Word-level per-tag report (NeMo's) and entity-level F1 (CoNLL's) of sentences of words."""
+
+    def __init__(self, sentences: list[list[str]], labels: list[list[int]], names: list[str], pad_label: str,
+                 batch_size: int, tokenizer, max_length: int):
+        self.sentences, self.labels, self.names = sentences, labels, names
+        self.pad_id = names.index(pad_label) if pad_label in names else 0
+        self.batch_size, self.tokenizer, self.max_length = batch_size, tokenizer, max_length
+
+    def predictions(self, predictor) -> list[list[int]]:
+        order = np.argsort([len(s) for s in self.sentences], kind="stable")
+        out: list[list[int]] = [[] for _ in self.sentences]
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            batch = [self.sentences[i] for i in rows]
+            tokens = predictor(batch)[0].argmax(-1)
+            encoding = tokenize_words(self.tokenizer, batch, self.max_length, padding=True)
+            for row, index in enumerate(rows):
+                out[index] = word_predictions(encoding, row, len(batch[row]), tokens[row], self.pad_id)
+        return out
+
+    def run(self, predictor):
+        predicted = self.predictions(predictor)
+        truth_flat = [label for sentence in self.labels for label in sentence]
+        predicted_flat = [label for sentence in predicted for label in sentence]
+        words = label_report(truth_flat, predicted_flat, self.names)
+        entities = entity_report([[self.names[i] for i in s] for s in self.labels],
+                                 [[self.names[i] for i in s] for s in predicted])
+        return {"words": words, "entities": entities, "sentences": len(self.sentences),
+                "f1": entities["averages"].get("micro", {}).get("f1", 0.0), "source": predictor.source}
+
+    def summary(self, report):
+        return {"f1": report["f1"], "word_accuracy": report["words"]["accuracy"]}
+
+    def write(self, report, out_dir):
+        echo(format_table(report["words"], "tag (word level)"))
+        echo("")
+        echo(format_table(report["entities"], "entity"))
+        echo(f"\nentity F1 {report['f1'] * 100:.2f} on {report['sentences']} sentences; word accuracy "
+             f"{report['words']['accuracy'] * 100:.2f} %")
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(out_dir / "results.json", json.dumps(report, indent=1))
+        echo(f"Wrote {out_dir / 'results.json'}")
+
+
+def markup(words: list[str], tags: list[str], pad_label: str) -> str:
+    """NeMo's infer output: ``word[TAG]`` for every word not tagged with the pad label."""
+    return " ".join(word if tag == pad_label else f"{word}[{tag}]" for word, tag in zip(words, tags))
+
+
+def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
+    """CoNLL/IOB columns: a token a line, the word first and the tag last, a blank line between sentences."""
+    sentences, words, tags = [], [], []
+    for number, line in enumerate(read_lines(path, "source_data_dir file"), start=1):
+        columns = line.split()
+        if not columns or columns[0] == "-DOCSTART-":
+            if words:
+                sentences.append((words, tags))
+            words, tags = [], []
+            continue
+        if len(columns) < 2:
+            raise TaoctlError(f"{path}:{number}: a token line needs the word and its tag (CoNLL columns)")
+        words.append(columns[0])
+        tags.append(columns[-1])
+    if words:
+        sentences.append((words, tags))
+    return sentences
+
+
+def split_long(words: list[str], tags: list[str], max_length: int) -> list[tuple[list[str], list[str]]]:
+    """NeMo's max_length: a sentence longer than it is cut into pieces, each cut made at an ``O`` word."""
+    pieces = []
+    while max_length > 0 and len(words) > max_length:
+        cut = next((i for i in range(max_length, 0, -1) if tags[i] == "O"), max_length)
+        pieces.append((words[:cut], tags[:cut]))
+        words, tags = words[cut:], tags[cut:]
+    return pieces + [(words, tags)]
+
+
+class TokenClassificationTask(NLPTask):
+    name = "token_classification"
+    spec_module = "taoctl.tasks.token_classification.spec"
+
+    def data_dir(self, spec) -> Path:
+        folder = spec.data_dir or spec.model.dataset.data_dir
+        if not folder:
+            raise TaoctlError("data_dir is not set: pass data_dir=/path/to/data (the folder of text_*.txt, "
+                              "labels_*.txt and label_ids.csv)")
+        return Path(folder)
+
+    def data_file(self, spec, name: str) -> Path:
+        return Path(name) if os.path.isabs(name) else self.data_dir(spec) / name
+
+    def labels(self, run):
+        spec = run.spec
+        path = Path(spec.model.label_ids) if spec.model.label_ids else self.data_dir(spec) / "label_ids.csv"
+        names = read_label_names(path, "model.label_ids")
+        pad = spec.model.dataset.pad_label
+        if pad not in names:
+            raise TaoctlError(f"{path}: the pad label {pad!r} (model.dataset.pad_label) is not among its labels")
+        return {"tags": names, "pad_label": pad}
+
+    def head_config(self, run):
+        head = run.spec.model.head
+        return {"num_fc_layers": head.num_fc_layers, "fc_dropout": head.fc_dropout, "activation": head.activation}
+
+    def build_heads(self, run, hidden, labels):
+        head = self.head_config(run)
+        return TokenClassifier(hidden, len(labels["tags"]), head["num_fc_layers"], head["fc_dropout"],
+                               head["activation"])
+
+    def heads_from_manifest(self, manifest, hidden):
+        head = manifest["heads"]
+        return TokenClassifier(hidden, len(manifest["labels"]["tags"]), head["num_fc_layers"], head["fc_dropout"],
+                               head["activation"])
+
+    def output_names(self, manifest):
+        return ("logits",)
+
+    # ------------------------------------------------------------------ data and training
+    def read_split(self, run, section, what: str, names: list[str]):
+        if not section.text_file or not section.labels_file:
+            raise TaoctlError(f"{what}.text_file and {what}.labels_file must both be set")
+        sentences, labels = read_word_files(self.data_file(run.spec, section.text_file),
+                                            self.data_file(run.spec, section.labels_file), names, what)
+        return limit(sentences, section.num_samples), limit(labels, section.num_samples)
+
+    def train_data(self, run):
+        prepared = self.prepare(run)
+        names = prepared["labels"]["tags"]
+        what = "finetuning_ds" if run.subtask == "finetune" else "training_ds"
+        section = getattr(run.spec, what)
+        sentences, labels = self.read_split(run, section, what, names)
+        validation = None
+        if run.spec.validation_ds.text_file and run.spec.validation_ds.labels_file and \
+                self.data_file(run.spec, run.spec.validation_ds.text_file).is_file():
+            validation = self.read_split(run, run.spec.validation_ds, "validation_ds", names)
+        tokenizer = prepared["tokenizer"]
+        length = self.max_seq_length(run.spec) if prepared["finetune_manifest"] is None \
+            else prepared["finetune_manifest"]["max_seq_length"]
+        encoding = tokenize_words(tokenizer, sentences, length)
+        token_labels = word_label_rows(encoding, labels)
+        features = [{"input_ids": encoding["input_ids"][i], "attention_mask": encoding["attention_mask"][i],
+                     "token_type_ids": encoding["token_type_ids"][i], "labels": token_labels[i]}
+                    for i in range(len(sentences))]
+        counts = np.bincount([label for row in labels for label in row], minlength=len(names))
+        run.echo(f"{what}: {len(sentences)} sentences, {int(counts.sum())} words")
+        weights = None
+        if run.spec.model.dataset.class_balancing == "weighted_loss":
+            weights = torch.tensor(counts.sum() / (len(names) * np.maximum(counts, 1)), dtype=torch.float32)
+        loader = data_loader(features, section.batch_size, section.shuffle, tokenizer.pad_token_id,
+                             section.drop_last, seed=self.seed(run))
+        return TrainData(loader, validation=validation, class_weights=weights,
+                         sample_texts=[" ".join(s) for s in sentences], max_length=length, **prepared)
+
+    def training_step(self, run, model, data):
+        weights = data.class_weights
+
+        def step(net, batch):
+            logits = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(),
+                                               weight=weights.to(logits.device) if weights is not None else None,
+                                               ignore_index=-100)
+            return loss, {}
+
+        return step
+
+    def validation(self, run, data):
+        if data.validation is None:
+            return None
+        sentences, labels = data.validation
+        report = TaggingReport(sentences, labels, data.labels["tags"], data.labels["pad_label"],
+                               run.spec.validation_ds.batch_size, data.tokenizer, data.max_length)
+        return Validation(report, best_metric="f1", mode="max")
+
+    def preprocess(self, manifest):
+        tokenizer = self.manifest_tokenizer(manifest)
+        length = manifest["max_seq_length"]
+        return lambda sentences: self.encode(tokenizer, [s.split() if isinstance(s, str) else s for s in sentences],
+                                             length)
+
+    # ------------------------------------------------------------------ evaluate / infer
+    def evaluator(self, run, manifest):
+        names = manifest["labels"]["tags"]
+        sentences, labels = self.read_split(run, run.spec.test_ds, "test_ds", names)
+        return TaggingReport(sentences, labels, names, manifest["labels"]["pad_label"],
+                             run.flags.get("batch_size") or run.spec.test_ds.batch_size,
+                             self.manifest_tokenizer(manifest), manifest["max_seq_length"])
+
+    def infer(self, run, predictor):
+        manifest = predictor.manifest
+        names, pad = manifest["labels"]["tags"], manifest["labels"]["pad_label"]
+        tokenizer = self.manifest_tokenizer(manifest)
+        results = []
+        for batch in self.batches([query.split() for query in run.spec.input_batch], 32):
+            tokens = predictor(batch)[0].argmax(-1)
+            encoding = tokenize_words(tokenizer, batch, manifest["max_seq_length"], padding=True)
+            for row, words in enumerate(batch):
+                tags = [names[i] for i in word_predictions(encoding, row, len(words), tokens[row], names.index(pad))]
+                results.append({"query": " ".join(words), "tags": tags, "markup": markup(words, tags, pad)})
+                echo(f"Query: {' '.join(words)}\nResult: {results[-1]['markup']}")
+        if run.results_dir:
+            run.results_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(run.results_dir / "infer_results.json", json.dumps(results, indent=1))
+            echo(f"Wrote {run.results_dir / 'infer_results.json'}")
+
+    # ------------------------------------------------------------------ dataset_convert
+    def dataset_convert(self, run):
+        """CoNLL/IOB files of ``source_data_dir`` -> ``text_<file>``, ``labels_<file>`` and ``label_ids.csv`` (``O``
+        first, then the tags of ``train_file_name`` sorted) in ``target_data_dir``, written together."""
+        spec = run.spec
+        source, target = Path(spec.source_data_dir), Path(spec.target_data_dir)
+        names = list(dict.fromkeys([*spec.list_of_file_names, spec.train_file_name]))
+        outputs = [target / f"{kind}_{name}" for name in spec.list_of_file_names for kind in ("text", "labels")]
+        refuse_overwrites([(f"source_data_dir file {name}", source / name) for name in names],
+                          [(str(path), path) for path in [*outputs, target / "label_ids.csv"]])
+        converted = {}
+        for name in spec.list_of_file_names:
+            sentences = read_conll(source / name)
+            if spec.max_length > 0:
+                sentences = [piece for words, tags in sentences for piece in split_long(words, tags, spec.max_length)]
+            converted[name] = sentences
+        if spec.train_file_name not in converted:
+            converted[spec.train_file_name] = read_conll(source / spec.train_file_name)
+        tags = sorted({tag for _, row in converted[spec.train_file_name] for tag in row} - {"O"})
+        unknown = {tag for name, rows in converted.items() for _, row in rows for tag in row} - set(tags) - {"O"}
+        if unknown:
+            echo(f"Warning: tags {', '.join(sorted(unknown))} are not in {spec.train_file_name}; they are added to "
+                 f"label_ids.csv")
+            tags = sorted(set(tags) | unknown)
+        with atomic_paths() as stage:
+            for name, sentences in converted.items():
+                if name not in spec.list_of_file_names:
+                    continue
+                stage(target / f"text_{name}").write_text("".join(" ".join(w) + "\n" for w, _ in sentences))
+                stage(target / f"labels_{name}").write_text("".join(" ".join(t) + "\n" for _, t in sentences))
+            stage(target / "label_ids.csv").write_text("\n".join(["O", *tags]) + "\n")
+        for name in spec.list_of_file_names:
+            echo(f"{source / name}: {len(converted[name])} sentences -> {target / f'text_{name}'}, "
+                 f"{target / f'labels_{name}'}")
+        echo(f"Wrote {target / 'label_ids.csv'} ({len(tags) + 1} labels)")
+
+
+TASK = TokenClassificationTask()
