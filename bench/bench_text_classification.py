@@ -29,7 +29,8 @@ from taoctl.engine.task import OnnxPredictor, Run, TorchPredictor
 from taoctl.engine.trainer import Trainer
 from taoctl.tasks.nlp_common import encoder as lm
 from taoctl.tasks.text_classification import spec as tc_spec
-from taoctl.tasks.text_classification.task import TASK, ClassificationReport, read_tsv
+from taoctl.tasks.nlp_common.data import read_tsv
+from taoctl.tasks.text_classification.task import TASK, ClassificationReport
 from timing import paired_medians
 
 

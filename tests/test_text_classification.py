@@ -13,7 +13,7 @@ import zipfile
 import pytest
 
 from taoctl.errors import TaoctlError
-from taoctl.tasks.text_classification.task import read_tsv
+from taoctl.tasks.nlp_common.data import read_tsv
 
 TASK = "text_classification"
 ONE_LAYER = "model.language_model.config={num_hidden_layers: 1}"

@@ -13,8 +13,9 @@ import pytest
 
 from taoctl.errors import TaoctlError
 from taoctl.tasks.nlp_common import encoder as lm
-from taoctl.tasks.nlp_common.words import IGNORE, read_word_files, tokenize_words, word_label_rows, word_predictions
-from taoctl.tasks.token_classification.task import entity_report, markup, split_long
+from taoctl.tasks.nlp_common.words import (IGNORE, entity_report, read_word_files, tokenize_words, word_label_rows,
+                                           word_predictions)
+from taoctl.tasks.token_classification.task import markup, split_long
 
 TASK = "token_classification"
 ONE_LAYER = "model.language_model.config={num_hidden_layers: 1}"

@@ -130,7 +130,7 @@ TASKS: tuple[Task, ...] = (
     Task("yolo_v4_tiny", VISION, _YOLO, package="yolo_v4_tiny"),
     # conversational
     Task("action_recognition", CONVERSATIONAL, ("train", "evaluate", "inference", "export")),
-    Task("intent_slot_classification", CONVERSATIONAL, _NEMO),
+    Task("intent_slot_classification", CONVERSATIONAL, _NEMO, package="intent_slot_classification"),
     Task("n_gram", CONVERSATIONAL, ("train", "evaluate", "infer", "export")),
     Task("punctuation_and_capitalization", CONVERSATIONAL, ("dataset_convert",) + _NEMO),
     Task("question_answering", CONVERSATIONAL, ("dataset_convert",) + _NEMO),

@@ -31,6 +31,35 @@ def read_lines(path, what: str) -> list[str]:
     return lines
 
 
+HEADER = ("sentence", "label")
+
+
+def read_tsv(path, num_classes: int, what: str) -> tuple[list[str], list[int]]:
+    """``text<TAB>label`` lines; a missing TAB, a non-integer or out-of-range label is ``file:line``."""
+    texts, labels = [], []
+    for number, line in enumerate(read_lines(path, what), start=1):
+        if not line.strip():
+            continue
+        text, tab, label = line.rstrip("\r").rpartition("\t")
+        if number == 1 and (text.strip().lower(), label.strip().lower()) == HEADER:
+            continue
+        if not tab:
+            raise TaoctlError(f"{path}:{number}: no TAB between the text and its label (NeMo's format: "
+                              f"text<TAB>label)")
+        try:
+            value = int(label.strip())
+        except ValueError:
+            raise TaoctlError(f"{path}:{number}: label {label.strip()!r} is not an integer") from None
+        if not 0 <= value < num_classes:
+            raise TaoctlError(f"{path}:{number}: label {value} is out of range for {num_classes} classes "
+                              f"(0..{num_classes - 1})")
+        if not text.strip():
+            raise TaoctlError(f"{path}:{number}: empty text")
+        texts.append(" ".join(text.split()))
+        labels.append(value)
+    return texts, labels
+
+
 def read_label_names(path, what: str) -> list[str]:
     """Label names, one per line (line index = label id); blank lines end nothing and are refused."""
     names = []

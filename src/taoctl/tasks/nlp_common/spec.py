@@ -94,6 +94,19 @@ class ExpManager:
     create_checkpoint_callback: bool = True
 
 
+@dataclasses.dataclass
+class NeMoExperiment:
+    """What every NLP task's spec has besides its model, data and optim sections."""
+
+    trainer: Trainer = dataclasses.field(default_factory=Trainer)
+    exp_manager: ExpManager = dataclasses.field(default_factory=ExpManager)
+    input_batch: list[str] = dataclasses.field(default_factory=list)  # infer's queries
+    restore_from: str | None = None  # the model of evaluate/infer/export when -m is not given
+    encryption_key: str | None = None
+    export_format: Literal["ONNX", "RIVA"] = "RIVA"
+    export_to: str = "exported-model.riva"
+
+
 # Ranges every NLP task's kind declares (the paths exist in each task's schema).
 RANGES = {
     "trainer.max_epochs": at_least(1),

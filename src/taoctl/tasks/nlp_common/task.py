@@ -22,7 +22,8 @@ from torch import nn
 from taoctl.engine import modelfile, optim
 from taoctl.engine.task import OnnxPredictor, Run, Task, TorchPredictor, is_onnx
 from taoctl.errors import TaoctlError
-from taoctl.fileio import atomic_path
+from taoctl.engine.cli import echo
+from taoctl.fileio import atomic_path, write_atomic
 from taoctl.tasks.nlp_common import encoder as lm
 
 # The ONNX metadata key holding the model file's manifest.
@@ -30,25 +31,6 @@ ONNX_MANIFEST_KEY = "taoctl_manifest"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 # Training inputs a model file keeps, on which export checks the ONNX against PyTorch.
 SAMPLE_TEXTS = 16
-
-
-class MultiLayerPerceptron(nn.Module):
-    """NeMo's MultiLayerPerceptron: ``num_layers - 1`` hidden Linear+activation layers of the encoder's width,
-    then a Linear to ``num_classes``."""
-
-    def __init__(self, hidden: int, num_classes: int, num_layers: int = 2, activation: str = "relu"):
-        super().__init__()
-        activations = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-        if activation not in activations:
-            raise TaoctlError(f"head activation {activation!r}: use one of {', '.join(activations)}")
-        layers: list[nn.Module] = []
-        for _ in range(max(num_layers, 1) - 1):
-            layers += [nn.Linear(hidden, hidden), activations[activation]()]
-        layers.append(nn.Linear(hidden, num_classes))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.layers(x)
 
 
 class EncoderModel(nn.Module):
@@ -88,6 +70,22 @@ class NLPTask(Task):
 
     def max_seq_length(self, spec) -> int:
         return spec.model.dataset.max_seq_length
+
+    # Spec fields that may name the data folder (the first set wins), and what it holds (for the error line).
+    data_dir_fields: tuple[str, ...] = ("data_dir",)
+    data_dir_holds: str = ""
+
+    def data_dir(self, spec) -> Path:
+        from taoctl.engine.spec import field_value
+
+        folder = next((value for name in self.data_dir_fields if (value := field_value(spec, name))), None)
+        if not folder:
+            raise TaoctlError(f"data_dir is not set: pass data_dir=/path/to/data ({self.data_dir_holds})")
+        return Path(folder)
+
+    def in_data_dir(self, spec, name: str) -> Path:
+        """A data file the spec names: as given when absolute, else in data_dir."""
+        return Path(name) if Path(name).is_absolute() else self.data_dir(spec) / name
 
     # ------------------------------------------------------------------ spec and paths
     def spec_kind_for(self, run):
@@ -246,6 +244,13 @@ class NLPTask(Task):
         if manifest.get("task") != self.name:
             raise TaoctlError(f"{onnx_path} is a {manifest.get('task')} model, not a {self.name} model")
         return manifest
+
+    def write_infer_results(self, run: Run, results: list[dict]) -> None:
+        """infer's results, one entry per query, as ``<-r>/infer_results.json``."""
+        if run.results_dir:
+            run.results_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(run.results_dir / "infer_results.json", json.dumps(results, indent=1))
+            echo(f"Wrote {run.results_dir / 'infer_results.json'}")
 
     def batches(self, items: list, size: int):
         for start in range(0, len(items), size):

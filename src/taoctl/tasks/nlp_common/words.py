@@ -8,8 +8,11 @@ has no position: it cannot be learnt, and its prediction is the task's pad label
 
 from __future__ import annotations
 
+import numpy as np
+
 from taoctl.errors import TaoctlError
 from taoctl.tasks.nlp_common.data import read_lines
+from taoctl.tasks.nlp_common.metrics import format_table, label_report
 
 IGNORE = -100
 
@@ -45,6 +48,47 @@ def word_predictions(encoding, row: int, words: int, token_predictions, pad_labe
     """Per word: the prediction at its first sub-token, ``pad_label`` for a word without one."""
     return [pad_label if position is None else int(token_predictions[position])
             for position in first_positions(encoding, row, words)]
+
+
+def batch_word_predictions(tokenizer, batch: list[list[str]], token_logits, max_length: int,
+                           pad_label: int) -> list[list[int]]:
+    """Per sentence of ``batch``, a predicted label id per word from the model's per-token logits of it
+    (the batch tokenized as the predictor did: padded to its longest, cut at ``max_length``)."""
+    encoding = tokenize_words(tokenizer, batch, max_length, padding=True)
+    tokens = np.asarray(token_logits).argmax(-1)
+    return [word_predictions(encoding, row, len(words), tokens[row], pad_label) for row, words in enumerate(batch)]
+
+
+def batches_by_length(items: list, batch_size: int, predictor):
+    """``(row indices, predictor outputs)`` over ``items`` in batches of similar length (less padding)."""
+    order = np.argsort([len(item) for item in items], kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        yield rows, predictor([items[i] for i in rows])
+
+
+def entity_report(truth: list[list[str]], predicted: list[list[str]]) -> dict:
+    """Entity-level (CoNLL) precision/recall/F1 per entity type and averaged, from seqeval."""
+    from seqeval.metrics import classification_report
+
+    report = classification_report(truth, predicted, output_dict=True, zero_division=0)
+    per_label = {name: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
+                        "support": int(v["support"])} for name, v in report.items() if not name.endswith(" avg")}
+    averages = {name.split()[0]: {"precision": float(v["precision"]), "recall": float(v["recall"]),
+                                  "f1": float(v["f1-score"]), "support": int(v["support"])}
+                for name, v in report.items() if name.endswith(" avg")}
+    return {"per_label": per_label, "averages": averages}
+
+
+def tagging_report(truth: list[list[int]], predicted: list[list[int]], names: list[str]) -> dict:
+    """NeMo's word-level per-label report and the entity-level one (CoNLL), with the entity micro F1 as ``f1``."""
+    words = label_report([t for row in truth for t in row], [p for row in predicted for p in row], names)
+    entities = entity_report([[names[i] for i in row] for row in truth], [[names[i] for i in row] for row in predicted])
+    return {"words": words, "entities": entities, "f1": entities["averages"].get("micro", {}).get("f1", 0.0)}
+
+
+def format_tagging(report: dict, title: str = "tag") -> str:
+    return format_table(report["words"], f"{title} (word level)") + "\n\n" + format_table(report["entities"], "entity")
 
 
 def read_word_files(text_file, labels_file, names: list[str], what: str) -> tuple[list[list[str]], list[list[int]]]:

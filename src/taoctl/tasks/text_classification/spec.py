@@ -11,7 +11,7 @@ from typing import Literal
 
 from taoctl.engine.spec import SpecKind, at_least, fraction
 from taoctl.engine.spec import load as _load
-from taoctl.tasks.nlp_common.spec import (RANGES, DataLoader, ExpManager, LanguageModel, Optim, Tokenizer, Trainer,
+from taoctl.tasks.nlp_common.spec import (RANGES, DataLoader, LanguageModel, NeMoExperiment, Optim, Tokenizer,
                                           loader_ranges)
 
 
@@ -55,20 +55,13 @@ def _shuffled() -> TextFile:
 
 
 @dataclasses.dataclass
-class Experiment:
-    trainer: Trainer = dataclasses.field(default_factory=Trainer)
+class Experiment(NeMoExperiment):
     model: Model = dataclasses.field(default_factory=Model)
     training_ds: TextFile = dataclasses.field(default_factory=_shuffled)
     validation_ds: TextFile = dataclasses.field(default_factory=TextFile)
     test_ds: TextFile = dataclasses.field(default_factory=TextFile)
     finetuning_ds: TextFile = dataclasses.field(default_factory=_shuffled)
     optim: Optim = dataclasses.field(default_factory=Optim)
-    exp_manager: ExpManager = dataclasses.field(default_factory=ExpManager)
-    input_batch: list[str] = dataclasses.field(default_factory=list)
-    restore_from: str | None = None
-    encryption_key: str | None = None
-    export_format: Literal["ONNX", "RIVA"] = "RIVA"
-    export_to: str = "exported-model.riva"
 
 
 KINDS = {

@@ -18,50 +18,11 @@ from taoctl.engine.cli import echo
 from taoctl.engine.task import Evaluator, TrainData, Validation
 from taoctl.errors import TaoctlError
 from taoctl.fileio import write_atomic
-from taoctl.tasks.nlp_common.data import limit, read_label_names, read_lines
+from taoctl.tasks.nlp_common.data import limit, read_label_names, read_tsv
 from taoctl.tasks.nlp_common.metrics import format_table, label_report
-from taoctl.tasks.nlp_common.task import MultiLayerPerceptron, NLPTask, data_loader
-
-HEADER = ("sentence", "label")
-
-
-def read_tsv(path, num_classes: int, what: str) -> tuple[list[str], list[int]]:
-    """``text<TAB>label`` lines; a missing TAB, a non-integer or out-of-range label is ``file:line``."""
-    texts, labels = [], []
-    for number, line in enumerate(read_lines(path, what), start=1):
-        if not line.strip():
-            continue
-        text, tab, label = line.rstrip("\r").rpartition("\t")
-        if number == 1 and (text.strip().lower(), label.strip().lower()) == HEADER:
-            continue
-        if not tab:
-            raise TaoctlError(f"{path}:{number}: no TAB between the text and its label (NeMo's format: "
-                              f"text<TAB>label)")
-        try:
-            value = int(label.strip())
-        except ValueError:
-            raise TaoctlError(f"{path}:{number}: label {label.strip()!r} is not an integer") from None
-        if not 0 <= value < num_classes:
-            raise TaoctlError(f"{path}:{number}: label {value} is out of range for {num_classes} classes "
-                              f"(0..{num_classes - 1})")
-        if not text.strip():
-            raise TaoctlError(f"{path}:{number}: empty text")
-        texts.append(" ".join(text.split()))
-        labels.append(value)
-    return texts, labels
-
-
-class SequenceClassifier(nn.Module):
-    """NeMo's SequenceClassifier: dropout, then an MLP on the first ([CLS]) token's hidden state -> logits."""
-
-    def __init__(self, hidden: int, num_classes: int, num_layers: int, dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.mlp = MultiLayerPerceptron(hidden, num_classes, num_layers)
-
-    def forward(self, hidden, attention_mask):
-        return self.mlp(self.dropout(hidden[:, 0]))
-
+from taoctl.tasks.nlp_common.heads import SequenceClassifier
+from taoctl.tasks.nlp_common.task import NLPTask, data_loader
+from taoctl.tasks.nlp_common.words import batches_by_length
 
 class ClassificationReport(Evaluator):
     """Accuracy, loss and per-class precision/recall/F1/support with micro/macro/weighted averages, as NeMo's
@@ -71,11 +32,9 @@ class ClassificationReport(Evaluator):
         self.texts, self.labels, self.classes, self.batch_size = texts, np.asarray(labels), classes, batch_size
 
     def logits(self, predictor) -> np.ndarray:
-        order = np.argsort([len(t) for t in self.texts], kind="stable")  # similar lengths pad less
         out = np.zeros((len(self.texts), len(self.classes)), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            out[rows] = predictor([self.texts[i] for i in rows])[0]
+        for rows, outputs in batches_by_length(self.texts, self.batch_size, predictor):
+            out[rows] = outputs[0]
         return out
 
     def run(self, predictor):
@@ -202,10 +161,7 @@ class TextClassificationTask(NLPTask):
                 results.append({"query": query, "label": classes[best], "label_id": best,
                                 "confidence": float(row[best])})
                 echo(f"Query: {query}\nPredicted label: {classes[best]} ({row[best]:.3f})")
-        if run.results_dir:
-            run.results_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(run.results_dir / "infer_results.json", json.dumps(results, indent=1))
-            echo(f"Wrote {run.results_dir / 'infer_results.json'}")
+        self.write_infer_results(run, results)
 
 
 TASK = TextClassificationTask()

@@ -13,7 +13,7 @@ from typing import Literal
 
 from taoctl.engine.spec import SpecKind, at_least, fraction
 from taoctl.engine.spec import load as _load
-from taoctl.tasks.nlp_common.spec import (RANGES, DataLoader, ExpManager, LanguageModel, Optim, Tokenizer, Trainer,
+from taoctl.tasks.nlp_common.spec import (RANGES, DataLoader, LanguageModel, NeMoExperiment, Optim, Tokenizer,
                                           loader_ranges)
 
 
@@ -57,21 +57,14 @@ def _files(split: str, shuffle: bool = False, batch_size: int = 32):
 
 
 @dataclasses.dataclass
-class Experiment:
+class Experiment(NeMoExperiment):
     data_dir: str | None = None
-    trainer: Trainer = dataclasses.field(default_factory=Trainer)
     model: Model = dataclasses.field(default_factory=Model)
     training_ds: WordFiles = dataclasses.field(default_factory=_files("train", shuffle=True))
     validation_ds: WordFiles = dataclasses.field(default_factory=_files("dev", batch_size=64))
     test_ds: WordFiles = dataclasses.field(default_factory=_files("dev", batch_size=64))
     finetuning_ds: WordFiles = dataclasses.field(default_factory=_files("train", shuffle=True))
     optim: Optim = dataclasses.field(default_factory=lambda: Optim(lr=5e-5))
-    exp_manager: ExpManager = dataclasses.field(default_factory=ExpManager)
-    input_batch: list[str] = dataclasses.field(default_factory=list)
-    restore_from: str | None = None
-    encryption_key: str | None = None
-    export_format: Literal["ONNX", "RIVA"] = "RIVA"
-    export_to: str = "exported-model.riva"
 
 
 @dataclasses.dataclass

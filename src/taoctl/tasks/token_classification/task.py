@@ -9,7 +9,6 @@ precision/recall/F1 of CoNLL's scoring (seqeval), which picks the best checkpoin
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,34 +21,10 @@ from taoctl.errors import TaoctlError
 from taoctl.fileio import atomic_paths, write_atomic
 from taoctl.outputs import refuse_overwrites
 from taoctl.tasks.nlp_common.data import limit, read_label_names, read_lines
-from taoctl.tasks.nlp_common.metrics import format_table, label_report
-from taoctl.tasks.nlp_common.task import MultiLayerPerceptron, NLPTask, data_loader
-from taoctl.tasks.nlp_common.words import (read_word_files, tokenize_words, word_label_rows, word_predictions)
-
-
-class TokenClassifier(nn.Module):
-    """NeMo's TokenClassifier: dropout, then an MLP on every token's hidden state -> per-token logits."""
-
-    def __init__(self, hidden: int, num_classes: int, num_layers: int, dropout: float, activation: str):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.mlp = MultiLayerPerceptron(hidden, num_classes, num_layers, activation)
-
-    def forward(self, hidden, attention_mask):
-        return self.mlp(self.dropout(hidden))
-
-
-def entity_report(truth: list[list[str]], predicted: list[list[str]]) -> dict:
-    """Entity-level (CoNLL) precision/recall/F1 per entity type and averaged, from seqeval."""
-    from seqeval.metrics import classification_report
-
-    report = classification_report(truth, predicted, output_dict=True, zero_division=0)
-    per_label = {name: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
-                        "support": int(v["support"])} for name, v in report.items() if not name.endswith(" avg")}
-    averages = {name.split()[0]: {"precision": float(v["precision"]), "recall": float(v["recall"]),
-                                  "f1": float(v["f1-score"]), "support": int(v["support"])}
-                for name, v in report.items() if name.endswith(" avg")}
-    return {"per_label": per_label, "averages": averages}
+from taoctl.tasks.nlp_common.heads import TokenClassifier
+from taoctl.tasks.nlp_common.task import NLPTask, data_loader
+from taoctl.tasks.nlp_common.words import (batch_word_predictions, batches_by_length, format_tagging, read_word_files,
+                                           tagging_report, tokenize_words, word_label_rows)
 
 
 class TaggingReport(Evaluator):
@@ -61,35 +36,21 @@ class TaggingReport(Evaluator):
         self.pad_id = names.index(pad_label) if pad_label in names else 0
         self.batch_size, self.tokenizer, self.max_length = batch_size, tokenizer, max_length
 
-    def predictions(self, predictor) -> list[list[int]]:
-        order = np.argsort([len(s) for s in self.sentences], kind="stable")
-        out: list[list[int]] = [[] for _ in self.sentences]
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            batch = [self.sentences[i] for i in rows]
-            tokens = predictor(batch)[0].argmax(-1)
-            encoding = tokenize_words(self.tokenizer, batch, self.max_length, padding=True)
-            for row, index in enumerate(rows):
-                out[index] = word_predictions(encoding, row, len(batch[row]), tokens[row], self.pad_id)
-        return out
-
     def run(self, predictor):
-        predicted = self.predictions(predictor)
-        truth_flat = [label for sentence in self.labels for label in sentence]
-        predicted_flat = [label for sentence in predicted for label in sentence]
-        words = label_report(truth_flat, predicted_flat, self.names)
-        entities = entity_report([[self.names[i] for i in s] for s in self.labels],
-                                 [[self.names[i] for i in s] for s in predicted])
-        return {"words": words, "entities": entities, "sentences": len(self.sentences),
-                "f1": entities["averages"].get("micro", {}).get("f1", 0.0), "source": predictor.source}
+        predicted: list[list[int]] = [[] for _ in self.sentences]
+        for rows, outputs in batches_by_length(self.sentences, self.batch_size, predictor):
+            batch = [self.sentences[i] for i in rows]
+            words = batch_word_predictions(self.tokenizer, batch, outputs[0], self.max_length, self.pad_id)
+            for index, row in zip(rows, words):
+                predicted[index] = row
+        return {**tagging_report(self.labels, predicted, self.names), "sentences": len(self.sentences),
+                "source": predictor.source}
 
     def summary(self, report):
         return {"f1": report["f1"], "word_accuracy": report["words"]["accuracy"]}
 
     def write(self, report, out_dir):
-        echo(format_table(report["words"], "tag (word level)"))
-        echo("")
-        echo(format_table(report["entities"], "entity"))
+        echo(format_tagging(report))
         echo(f"\nentity F1 {report['f1'] * 100:.2f} on {report['sentences']} sentences; word accuracy "
              f"{report['words']['accuracy'] * 100:.2f} %")
         out_dir = Path(out_dir)
@@ -136,15 +97,8 @@ class TokenClassificationTask(NLPTask):
     name = "token_classification"
     spec_module = "taoctl.tasks.token_classification.spec"
 
-    def data_dir(self, spec) -> Path:
-        folder = spec.data_dir or spec.model.dataset.data_dir
-        if not folder:
-            raise TaoctlError("data_dir is not set: pass data_dir=/path/to/data (the folder of text_*.txt, "
-                              "labels_*.txt and label_ids.csv)")
-        return Path(folder)
-
-    def data_file(self, spec, name: str) -> Path:
-        return Path(name) if os.path.isabs(name) else self.data_dir(spec) / name
+    data_dir_fields = ("data_dir", "model.dataset.data_dir")
+    data_dir_holds = "text_*.txt, labels_*.txt and label_ids.csv"
 
     def labels(self, run):
         spec = run.spec
@@ -176,8 +130,8 @@ class TokenClassificationTask(NLPTask):
     def read_split(self, run, section, what: str, names: list[str]):
         if not section.text_file or not section.labels_file:
             raise TaoctlError(f"{what}.text_file and {what}.labels_file must both be set")
-        sentences, labels = read_word_files(self.data_file(run.spec, section.text_file),
-                                            self.data_file(run.spec, section.labels_file), names, what)
+        sentences, labels = read_word_files(self.in_data_dir(run.spec, section.text_file),
+                                            self.in_data_dir(run.spec, section.labels_file), names, what)
         return limit(sentences, section.num_samples), limit(labels, section.num_samples)
 
     def train_data(self, run):
@@ -188,7 +142,7 @@ class TokenClassificationTask(NLPTask):
         sentences, labels = self.read_split(run, section, what, names)
         validation = None
         if run.spec.validation_ds.text_file and run.spec.validation_ds.labels_file and \
-                self.data_file(run.spec, run.spec.validation_ds.text_file).is_file():
+                self.in_data_dir(run.spec, run.spec.validation_ds.text_file).is_file():
             validation = self.read_split(run, run.spec.validation_ds, "validation_ds", names)
         tokenizer = prepared["tokenizer"]
         length = self.max_seq_length(run.spec) if prepared["finetune_manifest"] is None \
@@ -248,16 +202,13 @@ class TokenClassificationTask(NLPTask):
         tokenizer = self.manifest_tokenizer(manifest)
         results = []
         for batch in self.batches([query.split() for query in run.spec.input_batch], 32):
-            tokens = predictor(batch)[0].argmax(-1)
-            encoding = tokenize_words(tokenizer, batch, manifest["max_seq_length"], padding=True)
-            for row, words in enumerate(batch):
-                tags = [names[i] for i in word_predictions(encoding, row, len(words), tokens[row], names.index(pad))]
+            predicted = batch_word_predictions(tokenizer, batch, predictor(batch)[0], manifest["max_seq_length"],
+                                               names.index(pad))
+            for words, row in zip(batch, predicted):
+                tags = [names[i] for i in row]
                 results.append({"query": " ".join(words), "tags": tags, "markup": markup(words, tags, pad)})
                 echo(f"Query: {' '.join(words)}\nResult: {results[-1]['markup']}")
-        if run.results_dir:
-            run.results_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(run.results_dir / "infer_results.json", json.dumps(results, indent=1))
-            echo(f"Wrote {run.results_dir / 'infer_results.json'}")
+        self.write_infer_results(run, results)
 
     # ------------------------------------------------------------------ dataset_convert
     def dataset_convert(self, run):

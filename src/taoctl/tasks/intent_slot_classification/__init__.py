@@ -1,0 +1,1 @@
+"""TAO 3.x intent_slot_classification (NeMo's joint IntentSlotClassificationModel) on a transformers encoder."""
