@@ -87,6 +87,32 @@ class DataLoader:
 
 
 @dataclasses.dataclass
+class WordFiles(DataLoader):
+    """A word-level task's split: ``text_file`` (words a line) and ``labels_file`` (a label a word), in data_dir."""
+
+    text_file: str | None = None
+    labels_file: str | None = None
+
+
+def word_files(split: str, shuffle: bool = False, batch_size: int = 64):
+    """A default factory of ``WordFiles`` for NeMo's ``text_<split>.txt`` / ``labels_<split>.txt``."""
+    return lambda: WordFiles(text_file=f"text_{split}.txt", labels_file=f"labels_{split}.txt", shuffle=shuffle,
+                             batch_size=batch_size)
+
+
+@dataclasses.dataclass
+class WordDataset:
+    """``model.dataset`` of the word-level tasks (NeMo's keys)."""
+
+    data_dir: str | None = None
+    max_seq_length: int = 128
+    pad_label: str = "O"
+    ignore_extra_tokens: bool = False
+    ignore_start_end: bool = True
+    use_cache: bool = False
+
+
+@dataclasses.dataclass
 class ExpManager:
     explicit_log_dir: str | None = None
     exp_dir: str | None = None

@@ -10,18 +10,8 @@ import dataclasses
 
 from taoctl.engine.spec import SpecKind, at_least, fraction
 from taoctl.engine.spec import load as _load
-from taoctl.tasks.nlp_common.spec import (RANGES, DataLoader, LanguageModel, NeMoExperiment, Optim, Tokenizer,
-                                          loader_ranges)
-
-
-@dataclasses.dataclass
-class Dataset:
-    data_dir: str | None = None
-    max_seq_length: int = 128
-    pad_label: str = "O"
-    ignore_extra_tokens: bool = False
-    ignore_start_end: bool = True
-    use_cache: bool = False
+from taoctl.tasks.nlp_common.spec import (RANGES, LanguageModel, NeMoExperiment, Optim, Tokenizer, WordDataset,
+                                          WordFiles, loader_ranges, word_files)
 
 
 @dataclasses.dataclass
@@ -44,7 +34,7 @@ class CapitHead:
 class Model:
     punct_label_ids: dict[str, int] = dataclasses.field(default_factory=lambda: {"O": 0, ",": 1, ".": 2, "?": 3})
     capit_label_ids: dict[str, int] = dataclasses.field(default_factory=lambda: {"O": 0, "U": 1})
-    dataset: Dataset = dataclasses.field(default_factory=Dataset)
+    dataset: WordDataset = dataclasses.field(default_factory=WordDataset)
     tokenizer: Tokenizer = dataclasses.field(default_factory=Tokenizer)
     language_model: LanguageModel = dataclasses.field(default_factory=LanguageModel)
     punct_head: PunctHead = dataclasses.field(default_factory=PunctHead)
@@ -52,24 +42,13 @@ class Model:
 
 
 @dataclasses.dataclass
-class WordFiles(DataLoader):
-    text_file: str | None = None
-    labels_file: str | None = None
-
-
-def _files(split: str, shuffle: bool = False, batch_size: int = 64):
-    return lambda: WordFiles(text_file=f"text_{split}.txt", labels_file=f"labels_{split}.txt", shuffle=shuffle,
-                             batch_size=batch_size)
-
-
-@dataclasses.dataclass
 class Experiment(NeMoExperiment):
     data_dir: str | None = None
     model: Model = dataclasses.field(default_factory=Model)
-    training_ds: WordFiles = dataclasses.field(default_factory=_files("train", shuffle=True))
-    validation_ds: WordFiles = dataclasses.field(default_factory=_files("dev"))
-    test_ds: WordFiles = dataclasses.field(default_factory=_files("dev"))
-    finetuning_ds: WordFiles = dataclasses.field(default_factory=_files("train", shuffle=True))
+    training_ds: WordFiles = dataclasses.field(default_factory=word_files("train", shuffle=True, batch_size=32))
+    validation_ds: WordFiles = dataclasses.field(default_factory=word_files("dev"))
+    test_ds: WordFiles = dataclasses.field(default_factory=word_files("dev"))
+    finetuning_ds: WordFiles = dataclasses.field(default_factory=word_files("train", shuffle=True, batch_size=32))
     optim: Optim = dataclasses.field(default_factory=lambda: Optim(lr=1e-5))
 
 

@@ -13,19 +13,14 @@ from typing import Literal
 
 from taoctl.engine.spec import SpecKind, at_least, fraction
 from taoctl.engine.spec import load as _load
-from taoctl.tasks.nlp_common.spec import (RANGES, DataLoader, LanguageModel, NeMoExperiment, Optim, Tokenizer,
-                                          loader_ranges)
+from taoctl.tasks.nlp_common.spec import (RANGES, LanguageModel, NeMoExperiment, Optim, Tokenizer, WordDataset,
+                                          WordFiles, loader_ranges, word_files)
 
 
 @dataclasses.dataclass
-class Dataset:
-    data_dir: str | None = None
-    max_seq_length: int = 128
+class Dataset(WordDataset):
     class_balancing: Literal["weighted_loss"] | None = None
-    pad_label: str = "O"
     ignore_extra_tokens: bool = True
-    ignore_start_end: bool = True
-    use_cache: bool = False
 
 
 @dataclasses.dataclass
@@ -46,24 +41,13 @@ class Model:
 
 
 @dataclasses.dataclass
-class WordFiles(DataLoader):
-    text_file: str | None = None
-    labels_file: str | None = None
-
-
-def _files(split: str, shuffle: bool = False, batch_size: int = 32):
-    return lambda: WordFiles(text_file=f"text_{split}.txt", labels_file=f"labels_{split}.txt", shuffle=shuffle,
-                             batch_size=batch_size)
-
-
-@dataclasses.dataclass
 class Experiment(NeMoExperiment):
     data_dir: str | None = None
     model: Model = dataclasses.field(default_factory=Model)
-    training_ds: WordFiles = dataclasses.field(default_factory=_files("train", shuffle=True))
-    validation_ds: WordFiles = dataclasses.field(default_factory=_files("dev", batch_size=64))
-    test_ds: WordFiles = dataclasses.field(default_factory=_files("dev", batch_size=64))
-    finetuning_ds: WordFiles = dataclasses.field(default_factory=_files("train", shuffle=True))
+    training_ds: WordFiles = dataclasses.field(default_factory=word_files("train", shuffle=True, batch_size=32))
+    validation_ds: WordFiles = dataclasses.field(default_factory=word_files("dev"))
+    test_ds: WordFiles = dataclasses.field(default_factory=word_files("dev"))
+    finetuning_ds: WordFiles = dataclasses.field(default_factory=word_files("train", shuffle=True, batch_size=32))
     optim: Optim = dataclasses.field(default_factory=lambda: Optim(lr=5e-5))
 
 
