@@ -62,7 +62,7 @@ def test_info_verbose_shows_the_task_table(taoctl):
     assert "taoctl version" in result.stdout and "runtimes:" in result.stdout
     table = {line.split()[0]: line for line in result.stdout.splitlines() if line and line.split()[0] in ISSUE_TASKS}
     assert "conversational" in table["text_classification"] and "partial" in table["text_classification"]
-    assert "conversational" in table["question_answering"] and "planned" in table["question_answering"]
+    assert "conversational" in table["speech_to_text"] and "planned" in table["speech_to_text"]
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["info", "--verbose"], ["list"]])

@@ -134,7 +134,7 @@ TASKS: tuple[Task, ...] = (
     Task("n_gram", CONVERSATIONAL, ("train", "evaluate", "infer", "export")),
     Task("punctuation_and_capitalization", CONVERSATIONAL, ("dataset_convert",) + _NEMO,
          package="punctuation_and_capitalization"),
-    Task("question_answering", CONVERSATIONAL, ("dataset_convert",) + _NEMO),
+    Task("question_answering", CONVERSATIONAL, _NEMO + ("infer_onnx",), package="question_answering"),
     Task("spectro_gen", CONVERSATIONAL, ("dataset_convert", "train", "infer", "export", "finetune", "pitch_stats")),
     Task("speech_to_text", CONVERSATIONAL, ("dataset_convert", "create_tokenizer") + _NEMO),
     Task("speech_to_text_citrinet", CONVERSATIONAL, ("dataset_convert", "create_tokenizer") + _NEMO),

@@ -106,7 +106,9 @@ class TextClassificationTask(NLPTask):
         texts, labels = limit(texts, section.num_samples), limit(labels, section.num_samples)
         validation = None
         if run.spec.validation_ds.file_path:
-            validation = read_tsv(run.spec.validation_ds.file_path, len(classes), "validation_ds.file_path")
+            texts_v, labels_v = read_tsv(run.spec.validation_ds.file_path, len(classes), "validation_ds.file_path")
+            count = run.spec.validation_ds.num_samples
+            validation = limit(texts_v, count), limit(labels_v, count)
         tokenizer = prepared["tokenizer"]
         length = self.max_seq_length(run.spec) if prepared["finetune_manifest"] is None \
             else prepared["finetune_manifest"]["max_seq_length"]
