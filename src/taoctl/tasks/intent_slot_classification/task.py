@@ -186,8 +186,8 @@ class IntentSlotTask(NLPTask):
                 weight=intent_weights.to(intent_logits.device) if intent_weights is not None else None)
             slot_loss = nn.functional.cross_entropy(slot_logits.flatten(0, 1), batch["slot_labels"].flatten(),
                                                     ignore_index=-100)
-            return weight * intent_loss + (1 - weight) * slot_loss, {"intent_loss": float(intent_loss),
-                                                                      "slot_loss": float(slot_loss)}
+            logs = {"intent_loss": float(intent_loss.detach()), "slot_loss": float(slot_loss.detach())}
+            return weight * intent_loss + (1 - weight) * slot_loss, logs
 
         return step
 

@@ -225,7 +225,7 @@ class PunctuationCapitalizationTask(NLPTask):
             punct_logits, capit_logits = net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
             punct = nn.functional.cross_entropy(punct_logits.flatten(0, 1), batch["punct_labels"].flatten())
             capit = nn.functional.cross_entropy(capit_logits.flatten(0, 1), batch["capit_labels"].flatten())
-            return punct + capit, {"punct_loss": float(punct), "capit_loss": float(capit)}
+            return punct + capit, {"punct_loss": float(punct.detach()), "capit_loss": float(capit.detach())}
 
         return step
 
