@@ -17,6 +17,7 @@ from taoctl.tasks.nlp_common.data import read_tsv
 
 TASK = "text_classification"
 ONE_LAYER = "model.language_model.config={num_hidden_layers: 1}"
+KEY = ("-k", "tlt_encode")  # NGC's key, as TAO's notebooks pass it: the model files are encrypted with it
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def _train_overrides(data):
 def trained(sample, taoctl):
     root, data, specs = sample
     results = root / "train"
-    run = taoctl(TASK, "train", "-e", specs / "train.yaml", "-r", results, "-g", "1", *_train_overrides(data))
+    run = taoctl(TASK, "train", "-e", specs / "train.yaml", "-r", results, "-g", "1", *KEY, *_train_overrides(data))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return results / "checkpoints" / "trained-model.tlt", run
 
@@ -61,38 +62,48 @@ def test_evaluate_infer_export_and_the_onnx_agrees(sample, trained, taoctl):
     root, data, specs = sample
     model, _ = trained
     test_file = f"test_ds.file_path={data / 'dev.tsv'}"
-    evaluated = taoctl(TASK, "evaluate", "-e", specs / "evaluate.yaml", "-m", model, "-r", root / "eval", test_file,
+    evaluated = taoctl(TASK, "evaluate", "-e", specs / "evaluate.yaml", "-m", model, *KEY, "-r", root / "eval", test_file,
                        check=True)
     assert "precision" in evaluated.stdout and "macro avg" in evaluated.stdout
     report = json.loads((root / "eval" / "results.json").read_text())
     assert set(report["per_label"]) == {"ham", "spam"} and report["examples"] == 48
 
-    inferred = taoctl(TASK, "infer", "-e", specs / "infer.yaml", "-m", model, "-r", root / "infer", check=True)
+    inferred = taoctl(TASK, "infer", "-e", specs / "infer.yaml", "-m", model, *KEY, "-r", root / "infer", check=True)
     assert inferred.stdout.count("Query:") == 2
     assert len(json.loads((root / "infer" / "infer_results.json").read_text())) == 2
 
-    exported = taoctl(TASK, "export", "-e", specs / "export.yaml", "-m", model, "-r", root / "export", check=True)
+    exported = taoctl(TASK, "export", "-e", specs / "export.yaml", "-m", model, *KEY, "-r", root / "export",
+                      check=True)
     assert "ONNX fp32 vs PyTorch on 16 sentences" in exported.stdout
     with zipfile.ZipFile(root / "export" / "exported-model.riva") as archive:
         names = set(archive.namelist())
     assert {"model.onnx", "labels.json", "tokenizer/tokenizer.json"} <= names
 
     onnx_file = root / "export" / "model.onnx"
-    taoctl(TASK, "export", "-m", model, "-o", onnx_file, check=True)
+    taoctl(TASK, "export", "-m", model, *KEY, "-o", onnx_file, check=True)
     taoctl(TASK, "evaluate", "-e", specs / "evaluate.yaml", "-m", onnx_file, "-r", root / "eval_onnx", test_file,
            check=True)
     from_onnx = json.loads((root / "eval_onnx" / "results.json").read_text())
     assert from_onnx["accuracy"] == report["accuracy"] and abs(from_onnx["loss"] - report["loss"]) < 1e-4
 
-    int8 = taoctl(TASK, "export", "-m", model, "-o", root / "export" / "int8.onnx", "--data_type", "int8", check=True)
+    int8 = taoctl(TASK, "export", "-m", model, *KEY, "-o", root / "export" / "int8.onnx", "--data_type", "int8",
+                  check=True)
     assert "int8 (dynamic) vs fp32" in int8.stdout and "agrees on" in int8.stdout
+
+
+def test_a_model_file_without_its_key_is_one_line(sample, trained, taoctl, tmp_path):
+    _, data, specs = sample
+    model, _ = trained
+    run = taoctl(TASK, "evaluate", "-e", specs / "evaluate.yaml", "-m", model, "-r", tmp_path / "eval",
+                 f"test_ds.file_path={data / 'dev.tsv'}")
+    assert run.returncode == 2 and "wrong key" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_finetune_continues_from_the_trained_model(sample, trained, taoctl):
     root, data, specs = sample
     model, _ = trained
     results = root / "finetune"
-    run = taoctl(TASK, "finetune", "-e", specs / "finetune.yaml", "-m", model, "-r", results,
+    run = taoctl(TASK, "finetune", "-e", specs / "finetune.yaml", "-m", model, *KEY, "-r", results,
                  f"finetuning_ds.file_path={data / 'dev.tsv'}", "trainer.max_epochs=1")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (results / "checkpoints" / "finetuned-model.tlt").is_file()
