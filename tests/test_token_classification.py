@@ -119,6 +119,13 @@ def test_long_sentences_are_cut_at_an_o_word():
     assert split_long(words, tags, 4) == [(list("ab"), tags[:2]), (list("cdef"), tags[2:6]), (["g"], ["O"])]
 
 
+def test_entity_spans_read_iob_as_conlleval():
+    from taoctl.tasks.nlp_common.words import entity_spans
+
+    assert entity_spans(["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC", "I-PER"]) == {
+        ("PER", 0, 1), ("LOC", 3, 4), ("LOC", 5, 5), ("PER", 6, 6)}  # a stray I- starts a chunk
+
+
 def test_entity_report_scores_whole_entities():
     truth = [["B-PER", "I-PER", "O", "B-LOC"]]
     predicted = [["B-PER", "O", "O", "B-LOC"]]  # the person is cut short: not a match

@@ -67,16 +67,44 @@ def batches_by_length(items: list, batch_size: int, predictor):
         yield rows, predictor([items[i] for i in rows])
 
 
-def entity_report(truth: list[list[str]], predicted: list[list[str]]) -> dict:
-    """Entity-level (CoNLL) precision/recall/F1 per entity type and averaged, from seqeval."""
-    from seqeval.metrics import classification_report
+def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:
+    """CoNLL's chunks of a tag sequence as ``(type, first, last)``: a chunk starts at ``B-X``, or at ``I-X`` that
+    does not continue an ``X`` chunk (conlleval's reading of IOB1), and runs over the ``I-X`` that follow."""
+    spans, current = set(), None
+    for index, tag in enumerate([*tags, "O"]):
+        prefix, _, kind = tag.partition("-")
+        continues = current is not None and prefix == "I" and kind == current[0]
+        if current is not None and not continues:
+            spans.add((current[0], current[1], index - 1))
+            current = None
+        if prefix in ("B", "I") and kind and not continues:
+            current = (kind, index)
+    return spans
 
-    report = classification_report(truth, predicted, output_dict=True, zero_division=0)
-    per_label = {name: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
-                        "support": int(v["support"])} for name, v in report.items() if not name.endswith(" avg")}
-    averages = {name.split()[0]: {"precision": float(v["precision"]), "recall": float(v["recall"]),
-                                  "f1": float(v["f1-score"]), "support": int(v["support"])}
-                for name, v in report.items() if name.endswith(" avg")}
+
+def entity_report(truth: list[list[str]], predicted: list[list[str]]) -> dict:
+    """Entity-level (CoNLL) precision/recall/F1 per entity type, and their micro/macro/weighted averages: an
+    entity counts when its type and both ends match."""
+    gold, found = set(), set()
+    for sentence, (true_tags, predicted_tags) in enumerate(zip(truth, predicted)):
+        gold |= {(sentence, *span) for span in entity_spans(true_tags)}
+        found |= {(sentence, *span) for span in entity_spans(predicted_tags)}
+
+    def scores(kinds) -> dict:
+        g = {s for s in gold if s[1] in kinds}
+        f = {s for s in found if s[1] in kinds}
+        hit = len(g & f)
+        precision, recall = (hit / len(f) if f else 0.0), (hit / len(g) if g else 0.0)
+        f1 = 2 * precision * recall / (precision + recall) if hit else 0.0
+        return {"precision": precision, "recall": recall, "f1": f1, "support": len(g)}
+
+    per_label = {kind: scores({kind}) for kind in sorted({s[1] for s in gold | found})}
+    total = sum(v["support"] for v in per_label.values())
+    averages = {"micro": scores(set(per_label))}
+    averages["macro"] = {k: float(np.mean([v[k] for v in per_label.values()])) if per_label else 0.0
+                         for k in ("precision", "recall", "f1")} | {"support": total}
+    averages["weighted"] = {k: sum(v[k] * v["support"] for v in per_label.values()) / total if total else 0.0
+                            for k in ("precision", "recall", "f1")} | {"support": total}
     return {"per_label": per_label, "averages": averages}
 
 

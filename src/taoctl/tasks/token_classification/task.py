@@ -3,7 +3,7 @@
 Data: NeMo's ``text_<split>.txt`` (space-separated words a line) + ``labels_<split>.txt`` (a tag a
 word) + ``label_ids.csv`` (a tag a line, line index = id). ``dataset_convert`` builds them from
 CoNLL/IOB columns. Evaluation reports NeMo's per-tag table (word level) and the entity-level
-precision/recall/F1 of CoNLL's scoring (seqeval), which picks the best checkpoint.
+precision/recall/F1 of CoNLL's scoring (conlleval's chunks), which picks the best checkpoint.
 """
 
 from __future__ import annotations
