@@ -309,9 +309,13 @@ class NLPTask(Task):
 
 def data_loader(features: list[dict], batch_size: int, shuffle: bool, pad_id: int, drop_last: bool = False,
                 seed: int = 0):
+    """Batches of ``features`` padded to their longest; one shard per process when training data-parallel."""
+    from taoctl.engine.distributed import distributed_sampler
     from taoctl.tasks.nlp_common.data import Encoded, pad_batch
 
+    dataset = Encoded(features)
+    sampler = distributed_sampler(dataset, shuffle, seed)
     generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(Encoded(features), batch_size=batch_size, shuffle=shuffle,
-                                       drop_last=drop_last, generator=generator,
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                                       sampler=sampler, drop_last=drop_last, generator=generator,
                                        collate_fn=lambda items: pad_batch(items, pad_id))
