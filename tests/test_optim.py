@@ -396,7 +396,7 @@ def test_cv_common_errors_name_the_field(message_type, text, message):
 
 
 def _nemo_optim(**sched):
-    from taoctl.tasks.nlp_common.spec import Optim, Sched
+    from taoctl.tasks.nlp_common.sections import Optim, Sched
 
     return Optim(name="adamw", lr=1e-4, weight_decay=0.01, sched=Sched(**sched) if sched else None)
 

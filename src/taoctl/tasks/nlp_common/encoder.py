@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from taoctl.errors import TaoctlError
-from taoctl.tasks.nlp_common.spec import OFFLINE_DEFAULT_MODEL
+from taoctl.tasks.nlp_common.sections import OFFLINE_DEFAULT_MODEL
 
 # BERT-like encoders take add_pooling_layer; the heads read token states, so the pooler is left out.
 _POOLED = ("bert", "roberta", "xlm-roberta", "camembert")

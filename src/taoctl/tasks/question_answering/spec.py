@@ -10,7 +10,7 @@ import dataclasses
 
 from taoctl.engine.spec import FieldError, SpecKind, at_least, fraction, non_negative
 from taoctl.engine.spec import load as _load
-from taoctl.tasks.nlp_common.spec import (RANGES, DataLoader, LanguageModel, NeMoExperiment, Optim, Sched, Tokenizer,
+from taoctl.tasks.nlp_common.sections import (RANGES, DataLoader, LanguageModel, NeMoExperiment, Optim, Sched, Tokenizer,
                                           loader_ranges)
 
 

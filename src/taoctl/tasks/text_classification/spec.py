@@ -11,7 +11,7 @@ from typing import Literal
 
 from taoctl.engine.spec import SpecKind, at_least, fraction
 from taoctl.engine.spec import load as _load
-from taoctl.tasks.nlp_common.spec import (RANGES, DataLoader, LanguageModel, NeMoExperiment, Optim, Tokenizer,
+from taoctl.tasks.nlp_common.sections import (RANGES, DataLoader, LanguageModel, NeMoExperiment, Optim, Tokenizer,
                                           loader_ranges)
 
 

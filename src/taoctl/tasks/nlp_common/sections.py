@@ -1,4 +1,5 @@
-"""The YAML spec sections TAO 3.x's NeMo-based NLP tasks share (torch-free; the launcher imports it).
+"""The YAML spec sections TAO 3.x's NeMo-based NLP tasks share (torch-free: each task's spec.py, which the
+launcher imports, builds on them).
 
 TAO lifted NeMo's ``model.train_ds``/``model.optim`` to the top level (``training_ds``,
 ``validation_ds``, ``test_ds``, ``finetuning_ds``, ``optim``) and kept ``trainer``, ``model.language_model``
