@@ -58,7 +58,7 @@ def test_token_classification_wnut17(tmp_path, taoctl):
     splits = ["training_ds.text_file=text_wnut17train.conll", "training_ds.labels_file=labels_wnut17train.conll",
               "validation_ds.text_file=text_emerging.dev.conll", "validation_ds.labels_file=labels_emerging.dev.conll"]
     taoctl(task, "train", "-e", _spec(task, "train.yaml"), "-r", tmp_path / "train", f"data_dir={tmp_path / 'data'}",
-           "trainer.max_epochs=6", *splits, check=True, timeout=3 * 3600)
+           *splits, check=True, timeout=3 * 3600)
     taoctl(task, "evaluate", "-e", _spec(task, "evaluate.yaml"), "-m",
            tmp_path / "train" / "checkpoints" / "trained-model.tlt", "-r", tmp_path / "eval",
            f"data_dir={tmp_path / 'data'}", "test_ds.text_file=text_emerging.test.annotated",

@@ -99,6 +99,8 @@ def test_only_the_first_subtoken_of_a_word_carries_its_label():
     pieces = len(tokenizer.tokenize("unbelievably"))
     assert pieces > 1 and rows[0][1] == 4 and rows[0][2:1 + pieces] == [IGNORE] * (pieces - 1)
     assert rows[0][0] == IGNORE and rows[0][-1] == IGNORE  # [CLS] and [SEP]
+    every = word_label_rows(encoding, [[4, 5]], extra_tokens=True)  # NeMo's ignore_extra_tokens: false
+    assert every[0][1:1 + pieces] == [4] * pieces and every[0][1 + pieces] == 5 and every[0][0] == IGNORE
 
 
 @pytest.mark.parametrize("text, labels, message", [

@@ -161,7 +161,7 @@ class IntentSlotTask(NLPTask):
         length = self.max_seq_length(run.spec) if prepared["finetune_manifest"] is None \
             else prepared["finetune_manifest"]["max_seq_length"]
         encoding = tokenize_words(tokenizer, words, length)
-        slot_rows = word_label_rows(encoding, slots)
+        slot_rows = word_label_rows(encoding, slots, not run.spec.model.ignore_extra_tokens)
         features = [{"input_ids": encoding["input_ids"][i], "attention_mask": encoding["attention_mask"][i],
                      "token_type_ids": encoding["token_type_ids"][i], "slot_labels": slot_rows[i],
                      "intent_label": intents[i]} for i in range(len(words))]

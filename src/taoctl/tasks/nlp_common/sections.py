@@ -108,7 +108,7 @@ class WordDataset:
     data_dir: str | None = None
     max_seq_length: int = 128
     pad_label: str = "O"
-    ignore_extra_tokens: bool = False
+    ignore_extra_tokens: bool = True  # False: a word's label on all its sub-tokens in training
     ignore_start_end: bool = True
     use_cache: bool = False
 

@@ -32,14 +32,20 @@ def first_positions(encoding, row: int, words: int) -> list[int | None]:
     return positions
 
 
-def word_label_rows(encoding, labels: list[list[int]]) -> list[list[int]]:
-    """Per sentence, a label per token: the word's label on its first sub-token, IGNORE elsewhere."""
+def word_label_rows(encoding, labels: list[list[int]], extra_tokens: bool = False) -> list[list[int]]:
+    """Per sentence, a label per token: the word's label on its first sub-token, IGNORE elsewhere; with
+    ``extra_tokens`` (NeMo's ``ignore_extra_tokens: false``) on its other sub-tokens too."""
     rows = []
     for row, sentence in enumerate(labels):
         tokens = [IGNORE] * len(encoding["input_ids"][row])
-        for word, position in enumerate(first_positions(encoding, row, len(sentence))):
-            if position is not None:
-                tokens[position] = sentence[word]
+        if extra_tokens:
+            for position, word in enumerate(encoding.word_ids(row)):
+                if word is not None and word < len(sentence):
+                    tokens[position] = sentence[word]
+        else:
+            for word, position in enumerate(first_positions(encoding, row, len(sentence))):
+                if position is not None:
+                    tokens[position] = sentence[word]
         rows.append(tokens)
     return rows
 

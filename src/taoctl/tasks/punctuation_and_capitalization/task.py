@@ -209,7 +209,8 @@ class PunctuationCapitalizationTask(NLPTask):
             validation = self.read_split(run, validation_ds, "validation_ds", labels, length)
         tokenizer = prepared["tokenizer"]
         encoding = tokenize_words(tokenizer, words, length)
-        punct_rows, capit_rows = word_label_rows(encoding, punct), word_label_rows(encoding, capit)
+        extra = not run.spec.model.dataset.ignore_extra_tokens
+        punct_rows, capit_rows = word_label_rows(encoding, punct, extra), word_label_rows(encoding, capit, extra)
         features = [{"input_ids": encoding["input_ids"][i], "attention_mask": encoding["attention_mask"][i],
                      "token_type_ids": encoding["token_type_ids"][i], "punct_labels": punct_rows[i],
                      "capit_labels": capit_rows[i]} for i in range(len(words))]

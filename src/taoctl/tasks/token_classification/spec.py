@@ -20,7 +20,6 @@ from taoctl.tasks.nlp_common.sections import (RANGES, LanguageModel, NeMoExperim
 @dataclasses.dataclass
 class Dataset(WordDataset):
     class_balancing: Literal["weighted_loss"] | None = None
-    ignore_extra_tokens: bool = True
 
 
 @dataclasses.dataclass

@@ -148,7 +148,7 @@ class TokenClassificationTask(NLPTask):
         length = self.max_seq_length(run.spec) if prepared["finetune_manifest"] is None \
             else prepared["finetune_manifest"]["max_seq_length"]
         encoding = tokenize_words(tokenizer, sentences, length)
-        token_labels = word_label_rows(encoding, labels)
+        token_labels = word_label_rows(encoding, labels, not run.spec.model.dataset.ignore_extra_tokens)
         features = [{"input_ids": encoding["input_ids"][i], "attention_mask": encoding["attention_mask"][i],
                      "token_type_ids": encoding["token_type_ids"][i], "labels": token_labels[i]}
                     for i in range(len(sentences))]
