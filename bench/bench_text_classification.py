@@ -63,7 +63,7 @@ def frozen_baseline(data: Path) -> dict:
 def exported(model_path: Path, folder: Path, data_type: str) -> Path:
     model, manifest = TASK.load_model(model_path, None)
     adapter = TASK.export_adapter(Run("export", {}), model, manifest)
-    sample = TASK.preprocess(manifest)(manifest["sample_texts"])
+    sample = TASK.preprocess(manifest)(TASK.sample_texts(Run("export", {}), manifest, 16))
     out = folder / f"{data_type}.onnx"
     export.export_model(adapter, out, sample, data_type=data_type, quantization="dynamic")
     TASK.after_export(Run("export", {}), manifest, out)
