@@ -337,7 +337,13 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             final = Path(work) / "int8.onnx"
-            quantize_dynamic(str(fp32), str(final), weight_type=QuantType.QInt8)
+            root_logger = logging.getLogger()  # onnxruntime's quantizer advises pre-processing on the root logger
+            level = root_logger.level
+            root_logger.setLevel(logging.ERROR)
+            try:
+                quantize_dynamic(str(fp32), str(final), weight_type=QuantType.QInt8)
+            finally:
+                root_logger.setLevel(level)
             quantised = run_onnx(final, sample)
             agreement = adapter.int8_agreement(reference, quantised) if adapter.int8_agreement else \
                 _summary(check_outputs(adapter, quantised, reference))
