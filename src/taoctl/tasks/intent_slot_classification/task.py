@@ -20,7 +20,7 @@ from taoctl.fileio import write_atomic
 from taoctl.tasks.nlp_common.data import limit, read_label_names, read_lines, read_tsv
 from taoctl.tasks.nlp_common.heads import SequenceClassifier, TokenClassifier
 from taoctl.tasks.nlp_common.metrics import format_table, label_report
-from taoctl.tasks.nlp_common.task import NLPTask, data_loader
+from taoctl.tasks.nlp_common.task import NLPTask
 from taoctl.tasks.nlp_common.words import (batch_word_predictions, batches_by_length, format_tagging, tagging_report,
                                            tokenize_words, word_label_rows)
 
@@ -151,16 +151,13 @@ class IntentSlotTask(NLPTask):
     def train_data(self, run):
         prepared = self.prepare(run)
         labels = prepared["labels"]
-        what = "finetuning_ds" if run.subtask == "finetune" else "training_ds"
-        section = getattr(run.spec, what)
-        words, intents, slots = self.read_split(run, section, what, labels)
+        what = prepared["what"]
+        words, intents, slots = self.read_split(run, prepared["section"], what, labels)
         validation = None
         if run.spec.validation_ds.prefix and self.in_data_dir(run.spec, f"{run.spec.validation_ds.prefix}.tsv").is_file():
             validation = self.read_split(run, run.spec.validation_ds, "validation_ds", labels)
         tokenizer = prepared["tokenizer"]
-        length = self.max_seq_length(run.spec) if prepared["finetune_manifest"] is None \
-            else prepared["finetune_manifest"]["max_seq_length"]
-        encoding = tokenize_words(tokenizer, words, length)
+        encoding = tokenize_words(tokenizer, words, prepared["max_length"])
         slot_rows = word_label_rows(encoding, slots, not run.spec.model.ignore_extra_tokens)
         features = [{"input_ids": encoding["input_ids"][i], "attention_mask": encoding["attention_mask"][i],
                      "token_type_ids": encoding["token_type_ids"][i], "slot_labels": slot_rows[i],
@@ -170,9 +167,7 @@ class IntentSlotTask(NLPTask):
         if run.spec.model.class_balancing == "weighted_loss":
             counts = np.bincount(intents, minlength=len(labels["intents"]))
             weights = torch.tensor(len(intents) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
-        loader = data_loader(features, section.batch_size, section.shuffle, tokenizer.pad_token_id,
-                             section.drop_last, seed=self.seed(run))
-        return TrainData(loader, validation=validation, intent_weights=weights, max_length=length,
+        return TrainData(self.train_loader(run, prepared, features), validation=validation, intent_weights=weights,
                          sample_texts=[" ".join(w) for w in words], **prepared)
 
     def training_step(self, run, model, data):

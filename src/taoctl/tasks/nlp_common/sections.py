@@ -134,6 +134,17 @@ class NeMoExperiment:
     export_to: str = "exported-model.riva"
 
 
+@dataclasses.dataclass
+class WordExperiment(NeMoExperiment):
+    """A word-level task's spec besides its model and optim: ``data_dir`` and NeMo's text/labels splits."""
+
+    data_dir: str | None = None
+    training_ds: WordFiles = dataclasses.field(default_factory=word_files("train", shuffle=True, batch_size=32))
+    validation_ds: WordFiles = dataclasses.field(default_factory=word_files("dev"))
+    test_ds: WordFiles = dataclasses.field(default_factory=word_files("dev"))
+    finetuning_ds: WordFiles = dataclasses.field(default_factory=word_files("train", shuffle=True, batch_size=32))
+
+
 # Ranges every NLP task's kind declares (the paths exist in each task's schema).
 RANGES = {
     "trainer.max_epochs": at_least(1),

@@ -176,13 +176,23 @@ class NLPTask(Task):
         return {}
 
     def prepare(self, run: Run) -> dict:
-        """What train_data needs first: the tokenizer, labels and (finetune) the model being fine-tuned."""
+        """What train_data needs first: the tokenizer, labels, the data section it reads (``what``:
+        ``training_ds``, or ``finetuning_ds`` for finetune; ``section``), ``max_length`` (a fine-tuned model
+        keeps its own) and (finetune) the model being fine-tuned with its manifest."""
+        what = "finetuning_ds" if run.subtask == "finetune" else "training_ds"
+        common = {"what": what, "section": getattr(run.spec, what)}
         model, manifest = self.finetune_source(run)
         if manifest is not None:
-            return {"tokenizer": self.manifest_tokenizer(manifest), "labels": manifest["labels"],
-                    "finetune_model": model, "finetune_manifest": manifest}
-        return {"tokenizer": self.tokenizer(run), "labels": self.labels(run), "finetune_model": None,
-                "finetune_manifest": None}
+            return {**common, "tokenizer": self.manifest_tokenizer(manifest), "labels": manifest["labels"],
+                    "max_length": manifest["max_seq_length"], "finetune_model": model, "finetune_manifest": manifest}
+        return {**common, "tokenizer": self.tokenizer(run), "labels": self.labels(run),
+                "max_length": self.max_seq_length(run.spec), "finetune_model": None, "finetune_manifest": None}
+
+    def train_loader(self, run: Run, prepared: dict, features: list[dict]):
+        """The training loader of ``features`` with the section's batch size, shuffling and drop_last."""
+        section = prepared["section"]
+        return data_loader(features, section.batch_size, section.shuffle, prepared["tokenizer"].pad_token_id,
+                           section.drop_last, seed=self.seed(run))
 
     # ------------------------------------------------------------------ preprocessing
     def encode(self, tokenizer, texts, max_length: int, pairs=None) -> dict[str, np.ndarray]:

@@ -10,8 +10,8 @@ import dataclasses
 
 from taoctl.engine.spec import SpecKind, at_least, fraction
 from taoctl.engine.spec import load as _load
-from taoctl.tasks.nlp_common.sections import (RANGES, LanguageModel, NeMoExperiment, Optim, Tokenizer, WordDataset,
-                                          WordFiles, loader_ranges, word_files)
+from taoctl.tasks.nlp_common.sections import (RANGES, LanguageModel, Optim, Tokenizer, WordDataset, WordExperiment,
+                                          loader_ranges)
 
 
 @dataclasses.dataclass
@@ -42,13 +42,8 @@ class Model:
 
 
 @dataclasses.dataclass
-class Experiment(NeMoExperiment):
-    data_dir: str | None = None
+class Experiment(WordExperiment):
     model: Model = dataclasses.field(default_factory=Model)
-    training_ds: WordFiles = dataclasses.field(default_factory=word_files("train", shuffle=True, batch_size=32))
-    validation_ds: WordFiles = dataclasses.field(default_factory=word_files("dev"))
-    test_ds: WordFiles = dataclasses.field(default_factory=word_files("dev"))
-    finetuning_ds: WordFiles = dataclasses.field(default_factory=word_files("train", shuffle=True, batch_size=32))
     optim: Optim = dataclasses.field(default_factory=lambda: Optim(lr=1e-5))
 
 

@@ -27,7 +27,7 @@ from taoctl.outputs import refuse_overwrites
 from taoctl.tasks.nlp_common.data import limit, read_lines
 from taoctl.tasks.nlp_common.heads import TokenClassifier
 from taoctl.tasks.nlp_common.metrics import format_table, label_report
-from taoctl.tasks.nlp_common.task import NLPTask, data_loader
+from taoctl.tasks.nlp_common.task import NLPTask
 from taoctl.tasks.nlp_common.words import batch_word_predictions, batches_by_length, read_word_files, tokenize_words, \
     word_label_rows
 
@@ -198,11 +198,8 @@ class PunctuationCapitalizationTask(NLPTask):
     def train_data(self, run):
         prepared = self.prepare(run)
         labels = prepared["labels"]
-        what = "finetuning_ds" if run.subtask == "finetune" else "training_ds"
-        section = getattr(run.spec, what)
-        length = self.max_seq_length(run.spec) if prepared["finetune_manifest"] is None \
-            else prepared["finetune_manifest"]["max_seq_length"]
-        words, punct, capit = self.read_split(run, section, what, labels, length)
+        what, length = prepared["what"], prepared["max_length"]
+        words, punct, capit = self.read_split(run, prepared["section"], what, labels, length)
         validation = None
         validation_ds = run.spec.validation_ds
         if validation_ds.text_file and self.in_data_dir(run.spec, validation_ds.text_file).is_file():
@@ -216,9 +213,7 @@ class PunctuationCapitalizationTask(NLPTask):
                      "capit_labels": capit_rows[i]} for i in range(len(words))]
         run.echo(f"{what}: {len(words)} lines of at most {max(length // 2, 1)} words, "
                  f"{sum(len(w) for w in words)} words")
-        loader = data_loader(features, section.batch_size, section.shuffle, tokenizer.pad_token_id,
-                             section.drop_last, seed=self.seed(run))
-        return TrainData(loader, validation=validation, max_length=length,
+        return TrainData(self.train_loader(run, prepared, features), validation=validation,
                          sample_texts=[" ".join(w) for w in words], **prepared)
 
     def training_step(self, run, model, data):

@@ -25,7 +25,7 @@ from taoctl.errors import TaoctlError
 from taoctl.fileio import atomic_paths, write_atomic
 from taoctl.tasks.nlp_common.data import limit
 from taoctl.tasks.nlp_common.heads import TokenClassifier
-from taoctl.tasks.nlp_common.task import INPUT_NAMES, NLPTask, data_loader
+from taoctl.tasks.nlp_common.task import INPUT_NAMES, NLPTask
 from taoctl.tasks.nlp_common.words import batches_by_length
 
 Example = collections.namedtuple("Example", "qid question context answers")
@@ -286,8 +286,7 @@ class QuestionAnsweringTask(NLPTask):
     # ------------------------------------------------------------------ data and training
     def train_data(self, run):
         prepared = self.prepare(run)
-        what = "finetuning_ds" if run.subtask == "finetune" else "training_ds"
-        section = getattr(run.spec, what)
+        what, section = prepared["what"], prepared["section"]
         dataset = self.dataset(run.spec) if prepared["finetune_manifest"] is None else \
             self.manifest_dataset(prepared["finetune_manifest"])
         examples = limit(read_squad(section.file, f"{what}.file"), section.num_samples)
@@ -301,9 +300,7 @@ class QuestionAnsweringTask(NLPTask):
         if run.spec.validation_ds.file:
             validation = limit(read_squad(run.spec.validation_ds.file, "validation_ds.file"),
                                run.spec.validation_ds.num_samples)
-        loader = data_loader(rows, section.batch_size, section.shuffle, tokenizer.pad_token_id, section.drop_last,
-                             seed=self.seed(run))
-        return TrainData(loader, validation=validation, dataset=dataset,
+        return TrainData(self.train_loader(run, prepared, rows), validation=validation, dataset=dataset,
                          sample_texts=[[e.question, e.context] for e in examples], **prepared)
 
     def training_step(self, run, model, data):

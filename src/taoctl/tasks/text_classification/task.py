@@ -21,7 +21,7 @@ from taoctl.fileio import write_atomic
 from taoctl.tasks.nlp_common.data import limit, read_label_names, read_tsv
 from taoctl.tasks.nlp_common.metrics import format_table, label_report
 from taoctl.tasks.nlp_common.heads import SequenceClassifier
-from taoctl.tasks.nlp_common.task import NLPTask, data_loader
+from taoctl.tasks.nlp_common.task import NLPTask
 from taoctl.tasks.nlp_common.words import batches_by_length
 
 class ClassificationReport(Evaluator):
@@ -100,8 +100,8 @@ class TextClassificationTask(NLPTask):
     def train_data(self, run):
         prepared = self.prepare(run)
         classes = prepared["labels"]["classes"]
-        section = run.spec.finetuning_ds if run.subtask == "finetune" else run.spec.training_ds
-        what = "finetuning_ds.file_path" if run.subtask == "finetune" else "training_ds.file_path"
+        section = prepared["section"]
+        what = f"{prepared['what']}.file_path"
         texts, labels = read_tsv(section.file_path, len(classes), what)
         texts, labels = limit(texts, section.num_samples), limit(labels, section.num_samples)
         validation = None
@@ -110,16 +110,13 @@ class TextClassificationTask(NLPTask):
             count = run.spec.validation_ds.num_samples
             validation = limit(texts_v, count), limit(labels_v, count)
         tokenizer = prepared["tokenizer"]
-        length = self.max_seq_length(run.spec) if prepared["finetune_manifest"] is None \
-            else prepared["finetune_manifest"]["max_seq_length"]
-        encoded = tokenizer(texts, truncation=True, max_length=length, return_token_type_ids=True)
+        encoded = tokenizer(texts, truncation=True, max_length=prepared["max_length"], return_token_type_ids=True)
         features = [{"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": label}
                     for ids, mask, types, label in zip(encoded["input_ids"], encoded["attention_mask"],
                                                        encoded["token_type_ids"], labels)]
         counts = np.bincount(labels, minlength=len(classes))
         run.echo(f"{what}: {len(texts)} examples ({', '.join(f'{c} {n}' for c, n in zip(classes, counts))})")
-        loader = data_loader(features, section.batch_size, section.shuffle, tokenizer.pad_token_id,
-                             section.drop_last, seed=self.seed(run))
+        loader = self.train_loader(run, prepared, features)
         weights = None
         if run.spec.model.dataset.class_balancing == "weighted_loss":
             weights = torch.tensor(len(labels) / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)

@@ -22,7 +22,7 @@ from taoctl.fileio import atomic_paths, write_atomic
 from taoctl.outputs import refuse_overwrites
 from taoctl.tasks.nlp_common.data import limit, read_label_names, read_lines
 from taoctl.tasks.nlp_common.heads import TokenClassifier
-from taoctl.tasks.nlp_common.task import NLPTask, data_loader
+from taoctl.tasks.nlp_common.task import NLPTask
 from taoctl.tasks.nlp_common.words import (batch_word_predictions, batches_by_length, format_tagging, read_word_files,
                                            tagging_report, tokenize_words, word_label_rows)
 
@@ -137,17 +137,14 @@ class TokenClassificationTask(NLPTask):
     def train_data(self, run):
         prepared = self.prepare(run)
         names = prepared["labels"]["tags"]
-        what = "finetuning_ds" if run.subtask == "finetune" else "training_ds"
-        section = getattr(run.spec, what)
-        sentences, labels = self.read_split(run, section, what, names)
+        what = prepared["what"]
+        sentences, labels = self.read_split(run, prepared["section"], what, names)
         validation = None
         if run.spec.validation_ds.text_file and run.spec.validation_ds.labels_file and \
                 self.in_data_dir(run.spec, run.spec.validation_ds.text_file).is_file():
             validation = self.read_split(run, run.spec.validation_ds, "validation_ds", names)
         tokenizer = prepared["tokenizer"]
-        length = self.max_seq_length(run.spec) if prepared["finetune_manifest"] is None \
-            else prepared["finetune_manifest"]["max_seq_length"]
-        encoding = tokenize_words(tokenizer, sentences, length)
+        encoding = tokenize_words(tokenizer, sentences, prepared["max_length"])
         token_labels = word_label_rows(encoding, labels, not run.spec.model.dataset.ignore_extra_tokens)
         features = [{"input_ids": encoding["input_ids"][i], "attention_mask": encoding["attention_mask"][i],
                      "token_type_ids": encoding["token_type_ids"][i], "labels": token_labels[i]}
@@ -157,10 +154,8 @@ class TokenClassificationTask(NLPTask):
         weights = None
         if run.spec.model.dataset.class_balancing == "weighted_loss":
             weights = torch.tensor(counts.sum() / (len(names) * np.maximum(counts, 1)), dtype=torch.float32)
-        loader = data_loader(features, section.batch_size, section.shuffle, tokenizer.pad_token_id,
-                             section.drop_last, seed=self.seed(run))
-        return TrainData(loader, validation=validation, class_weights=weights,
-                         sample_texts=[" ".join(s) for s in sentences], max_length=length, **prepared)
+        return TrainData(self.train_loader(run, prepared, features), validation=validation, class_weights=weights,
+                         sample_texts=[" ".join(s) for s in sentences], **prepared)
 
     def training_step(self, run, model, data):
         weights = data.class_weights
