@@ -163,8 +163,12 @@ def deferred_interrupts():
     left before the interrupt takes effect, so ``taoctl stop`` waits for one export step at most.
     """
     pending: list[int] = []
-    previous = {signum: signal.signal(signum, lambda s, _f: pending.append(s))
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def hold(signum, _frame):
+        _record_interrupt(signum)  # known at once: a library may end the block with an error of its own
+        pending.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
@@ -179,6 +183,12 @@ def deferred_interrupts():
 
 
 def _on_interrupt(signum, _frame):
+    _record_interrupt(signum)
+    raise KeyboardInterrupt
+
+
+def _record_interrupt(signum: int) -> None:
+    """Keep the first interrupting signal: it names the exit status whatever exception follows."""
     global _interrupt_signal
     if _interrupt_signal is None:
         _interrupt_signal = signum
@@ -186,7 +196,6 @@ def _on_interrupt(signum, _frame):
         # raise "DataLoader worker ... is killed by signal" in place of this interrupt. Python would
         # report a pending SIGCHLD set back to SIG_DFL as a race, so a handler that does nothing.
         signal.signal(signal.SIGCHLD, _ignore_signal)
-    raise KeyboardInterrupt
 
 
 def _ignore_signal(_signum, _frame):
