@@ -75,6 +75,10 @@ def test_evaluate_infer_export_and_the_onnx_agrees(sample, trained, taoctl):
     exported = taoctl(TASK, "export", "-e", specs / "export.yaml", "-m", model, *KEY, "-r", root / "export",
                       check=True)
     assert "ONNX fp32 vs PyTorch on 16 sentences" in exported.stdout
+    # The output named once, never the temporary model.onnx packed into it.
+    assert [line for line in exported.stdout.splitlines() if str(root) in line] == [
+        f"Wrote {root / 'export' / 'exported-model.riva'}: .riva is NVIDIA's own format; taoctl's is a zip of "
+        f"model.onnx, the tokenizer files and the label maps (Riva cannot load it)"]
     with zipfile.ZipFile(root / "export" / "exported-model.riva") as archive:
         names = set(archive.namelist())
     assert {"model.onnx", "labels.json", "tokenizer/tokenizer.json"} <= names

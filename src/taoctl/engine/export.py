@@ -258,7 +258,7 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
                  cal_method: str = "percentile", engine_file=None, max_batch_size: int = 16, min_batch_size: int = 1,
                  opt_batch_size: int | None = None, max_workspace_size: int | None = None,
                  strict_type_constraints: bool = False, gen_ds_config: bool = False,
-                 force_ptq: bool = False, quantization: str = "static") -> ExportResult:
+                 force_ptq: bool = False, quantization: str = "static", announce: bool = True) -> ExportResult:
     """Export ``adapter`` to ``output`` (.onnx, or TAO 4's .etlt name) in ``data_type``; see the module docstring.
 
     ``sample``: real model inputs by input name (``sample_desc`` says what they are in messages);
@@ -270,7 +270,8 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
     ``max_workspace_size`` (bytes) and ``strict_type_constraints``: its builder (:func:`build_tensorrt_engine`).
     ``quantization``: how ``int8`` quantises, ``static`` (QDQ from ``calibration``, for TensorRT) or
     ``dynamic`` (onnxruntime's int8 weights with activations quantised per batch at run time: no calibration,
-    what transformer encoders deploy on CPU).
+    what transformer encoders deploy on CPU). ``announce``: print the ``Exported ... to <output>`` line; False
+    where the caller moves or packs ``output`` and names the final file itself.
     """
     output = Path(output)
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -374,7 +375,8 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
                                       f"not writing {output}")
             final = tailed
         os.replace(final, output)
-    print(f"Exported {data_type} ONNX model to {output}", flush=True)
+    if announce:
+        print(f"Exported {data_type} ONNX model to {output}", flush=True)
     if engine_file:
         try:
             profile = tensorrt_profile(adapter, sample, max_batch_size, opt_batch_size=opt_batch_size,

@@ -732,7 +732,8 @@ def run_nemo_export(task: Task, run: Run) -> int:
     with tempfile.TemporaryDirectory(dir=output.parent) as work:
         written = Path(work) / "model.onnx"
         export.export_model(adapter, written, sample, sample_desc=f"{len(sample[adapter.input_names[0]])} "
-                            f"{adapter.items}", data_type=run.flags["data_type"], quantization="dynamic")
+                            f"{adapter.items}", data_type=run.flags["data_type"], quantization="dynamic",
+                            announce=False)  # the temporary file: "Wrote" below names the output
         task.after_export(run, manifest, written)
         if suffix == ".riva":
             task.write_riva(manifest, written, output)
