@@ -70,7 +70,7 @@ def test_intent_slot_classification_snips(tmp_path, taoctl):
     data = _needs("snips")
     task = "intent_slot_classification"
     taoctl(task, "train", "-e", _spec(task, "train.yaml"), "-r", tmp_path / "train", f"data_dir={data}",
-           "validation_ds.prefix=null", "trainer.max_epochs=2", check=True, timeout=3 * 3600)
+           "validation_ds.prefix=null", check=True, timeout=3 * 3600)
     taoctl(task, "evaluate", "-e", _spec(task, "evaluate.yaml"), "-m",
            tmp_path / "train" / "checkpoints" / "trained-model.tlt", "-r", tmp_path / "eval", f"data_dir={data}",
            check=True)
