@@ -14,6 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}
 CLI_MODULE = "taoctl.launcher.cli"  # what the `taoctl` console script runs
+# The NLP tasks' fast tests cut the shipped MiniLM to one layer: random weights, seconds per step.
+ONE_LAYER = "model.language_model.config={num_hidden_layers: 1}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,3 +89,11 @@ def make_colour_images(root: Path, counts: Mapping[str, int], size: int = 32) ->
                 pixels = np.clip(np.array(colour) + rng.integers(-30, 30, (size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     return root
+
+
+def text_classification_overrides(data) -> list[str]:
+    """text_classification train overrides for the generated sample messages in ``data`` (a host or a container
+    path): 48 of them, one epoch, 32 tokens, the one-layer encoder."""
+    return [f"training_ds.file_path={data / 'train.tsv'}", f"validation_ds.file_path={data / 'dev.tsv'}",
+            "model.dataset.num_classes=2", f"model.class_labels.class_labels_file={data / 'labels.txt'}",
+            "model.dataset.max_seq_length=32", "trainer.max_epochs=1", "training_ds.num_samples=48", ONE_LAYER]

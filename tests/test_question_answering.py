@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import ONE_LAYER
 
 from taoctl.errors import TaoctlError
 from taoctl.tasks.nlp_common import encoder as lm
@@ -16,7 +17,6 @@ from taoctl.tasks.question_answering.spec import QADataset
 from taoctl.tasks.question_answering.task import Example, Features, read_squad, squad_scores
 
 TASK = "question_answering"
-ONE_LAYER = "model.language_model.config={num_hidden_layers: 1}"
 CITIES = [("Paris", "France"), ("Rome", "Italy"), ("Lisbon", "Portugal"), ("Oslo", "Norway")]
 
 

@@ -11,12 +11,12 @@ import json
 import zipfile
 
 import pytest
+from conftest import ONE_LAYER, text_classification_overrides
 
 from taoctl.errors import TaoctlError
 from taoctl.tasks.nlp_common.data import read_tsv
 
 TASK = "text_classification"
-ONE_LAYER = "model.language_model.config={num_hidden_layers: 1}"
 KEY = ("-k", "tlt_encode")  # NGC's key, as TAO's notebooks pass it: the model files are encrypted with it
 
 
@@ -29,17 +29,11 @@ def sample(tmp_path_factory, taoctl):
     return root, root / "data" / "text_classification", specs
 
 
-def _train_overrides(data):
-    return [f"training_ds.file_path={data / 'train.tsv'}", f"validation_ds.file_path={data / 'dev.tsv'}",
-            "model.dataset.num_classes=2", f"model.class_labels.class_labels_file={data / 'labels.txt'}",
-            "model.dataset.max_seq_length=32", "trainer.max_epochs=1", "training_ds.num_samples=48", ONE_LAYER]
-
-
 @pytest.fixture(scope="module")
 def trained(sample, taoctl):
     root, data, specs = sample
     results = root / "train"
-    run = taoctl(TASK, "train", "-e", specs / "train.yaml", "-r", results, "-g", "1", *KEY, *_train_overrides(data))
+    run = taoctl(TASK, "train", "-e", specs / "train.yaml", "-r", results, "-g", "1", *KEY, *text_classification_overrides(data))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return results / "checkpoints" / "trained-model.tlt", run
 
@@ -140,7 +134,7 @@ def test_bad_training_data_fails_before_writing_anything(sample, tmp_path, taoct
     bad = tmp_path / "bad.tsv"
     bad.write_text("fine\t0\nbroken line without a label\n")
     results = tmp_path / "results"
-    overrides = [o for o in _train_overrides(data) if not o.startswith("training_ds.file_path")]
+    overrides = [o for o in text_classification_overrides(data) if not o.startswith("training_ds.file_path")]
     run = taoctl(TASK, "train", "-e", specs / "train.yaml", "-r", results, f"training_ds.file_path={bad}",
                  *overrides)
     assert run.returncode == 2 and f"{bad}:2: no TAB" in run.stderr and "Traceback" not in run.stderr
@@ -157,14 +151,14 @@ def test_required_value_left_as_question_marks_is_named(sample, tmp_path, taoctl
 def test_unknown_override_key_gets_did_you_mean(sample, tmp_path, taoctl):
     _, data, specs = sample
     run = taoctl(TASK, "train", "-e", specs / "train.yaml", "-r", tmp_path / "r", "trainer.max_epoch=3",
-                 *_train_overrides(data))
+                 *text_classification_overrides(data))
     assert run.returncode == 2 and 'did you mean "max_epochs"' in run.stderr
 
 
 def test_hub_name_offline_is_one_line_naming_the_shipped_model(sample, tmp_path, taoctl):
     _, data, specs = sample
     run = taoctl(TASK, "train", "-e", specs / "train.yaml", "-r", tmp_path / "r",
-                 *[o for o in _train_overrides(data) if o != ONE_LAYER],
+                 *[o for o in text_classification_overrides(data) if o != ONE_LAYER],
                  "model.language_model.pretrained_model_name=bert-base-uncased",
                  env={"HF_HUB_OFFLINE": "1"})
     assert run.returncode == 2, run.stderr

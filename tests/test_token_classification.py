@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import ONE_LAYER
 
 from taoctl.errors import TaoctlError
 from taoctl.tasks.nlp_common import encoder as lm
@@ -18,7 +19,6 @@ from taoctl.tasks.nlp_common.words import (IGNORE, entity_report, read_word_file
 from taoctl.tasks.token_classification.task import markup, split_long
 
 TASK = "token_classification"
-ONE_LAYER = "model.language_model.config={num_hidden_layers: 1}"
 PEOPLE = ("ada", "tom", "anna", "li")
 PLACES = (("new", "york"), ("paris",), ("delhi",), ("san", "jose"))
 
