@@ -158,6 +158,25 @@ def test_fp16_and_int8_of_two_outputs(detector, tmp_path, capsys):
         export.export_model(detector_adapter(detector), tmp_path / "none.onnx", sample, data_type="int8")
 
 
+def test_entropy_calibration_clips_outliers_and_the_qdq_graph_uses_the_ranges_returned(detector, tmp_path):
+    fp32 = export.export_model(detector_adapter(detector), tmp_path / "m.onnx", {"input_1": images(2)}).onnx
+    rng = np.random.default_rng(0)
+    heavy_tailed = [{"input_1": (rng.standard_normal((4, 3, 16, 16)) ** 3).astype(np.float32)} for _ in range(4)]
+    found = {method: export.quantize_int8(fp32, tmp_path / f"{method}.onnx", heavy_tailed, method=method)
+             for method in ("minmax", "entropy")}
+    low, high = found["minmax"]["input_1"]
+    assert (low, high) == (pytest.approx(min(b["input_1"].min() for b in heavy_tailed)),
+                           pytest.approx(max(b["input_1"].max() for b in heavy_tailed)))
+    clipped = max(abs(v) for v in found["entropy"]["input_1"])
+    assert clipped < 0.5 * max(abs(low), abs(high))  # the cubed normal's rare extremes are cut off
+    for method, ranges in found.items():  # one calibration: the graph's scales are the ranges returned
+        graph = onnx.load(str(tmp_path / f"{method}.onnx")).graph
+        initializers = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+        scale = next(initializers[n.input[1]] for n in graph.node
+                     if n.op_type == "QuantizeLinear" and n.input[0] == "input_1")
+        assert float(scale) == pytest.approx(max(abs(v) for v in ranges["input_1"]) / 127, rel=1e-5)
+
+
 def test_two_token_inputs_with_dynamic_batch_and_sequence(tmp_path):
     torch.manual_seed(0)
     sequence = export.Axis("sequence", min=1, max=64)
