@@ -100,6 +100,17 @@ def test_load_data_splits_by_fold_and_maps_classes(dataset, tmp_path):
     assert [f.frame_id for f in again.train_frames] == [f.frame_id for f in result.train_frames]
 
 
+def test_a_class_mapped_outside_the_target_classes_is_read_then_left_out(dataset, tmp_path):
+    root, _ = dataset
+    lines = []
+    result = data.load_data(_load_spec(tmp_path, _spec_text(root, classes=("car",))), seed=0, echo=lines.append)
+    assert result.class_names == ["car"]
+    assert all(f.classes == ["car"] for f in result.train_frames + result.val_frames)  # van -> truck: not trained
+    assert "maps to truck, not among cost_function_config.target_classes" in "\n".join(lines)
+    unknown = result.report.issues["unknown_class"]
+    assert unknown and not [issue for issue in unknown if "van" in issue]  # a mapped class, not an unknown one
+
+
 def test_strict_stops_on_label_problems(dataset, tmp_path):
     root, _ = dataset
     with pytest.raises(TaoctlError, match="--strict"):

@@ -26,7 +26,6 @@ import dataclasses
 import math
 import os
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -34,14 +33,13 @@ import numpy as np
 import torch
 
 from taoctl.engine.data import kitti
-from taoctl.engine.data.tfrecord import expand_paths
+from taoctl.engine.detection import frames as det_frames
 from taoctl.engine.detection.images import read_rgb, resized
 from taoctl.errors import TaoctlError
 from taoctl.tasks.detectnet_v2.encoding import STRIDE
 
 CACHE_BYTES = 2 * 2**30  # decoded training images kept in memory; beyond it, decoded on every use
 MIN_VISIBLE = 0.2  # a box keeping less of its area inside the image after augmentation is dropped
-_FOLD = re.compile(r"-fold-(\d{3})-of-(\d{3})")
 
 
 @dataclasses.dataclass
@@ -61,90 +59,49 @@ def load_data(spec, *, seed: int, strict: bool = False, echo: Callable[[str], No
     any label problem. The label summary goes to ``echo``.
     """
     dataset = spec.dataset_config
-    class_names = [t.name.lower() for t in spec.cost_function_config.target_classes]
-    if not class_names:
-        raise TaoctlError("cost_function_config.target_classes is empty: name the classes to detect")
+    class_names = target_classes(spec)
     preprocessing = spec.augmentation_config.preprocessing
     width, height = preprocessing.output_image_width, preprocessing.output_image_height
     for field, value in (("output_image_width", width), ("output_image_height", height)):
         if not value or value % STRIDE:
             raise TaoctlError(f"augmentation_config.preprocessing.{field} is {value}; it must be a positive "
                               f"multiple of {STRIDE} (the network's output stride)")
-    mapping = {k.lower(): v.lower() for k, v in dataset.target_class_mapping.items()}
-    if not mapping:
-        mapping = {name: name for name in class_names}
+    mapping = class_mapping(spec, class_names)
     strays = sorted(set(mapping.values()) - set(class_names))
     if strays:
         echo(f"Note: dataset_config.target_class_mapping maps to {', '.join(strays)}, not among "
              f"cost_function_config.target_classes; those objects are not trained on")
     if not dataset.data_sources:
         raise TaoctlError("dataset_config.data_sources is empty: add the TFRecords written by dataset_convert")
-    extension = dataset.image_extension or None
-    report = kitti.LabelReport()
     split = dataset.WhichOneof("dataset_split_type")
-    train_frames, val_frames, fold_names = [], [], set()
-    for i, source in enumerate(dataset.data_sources):
-        field = f"dataset_config.data_sources[{i}]"
-        for path in _shards(source, field):
-            frames = _read_shard(path, source, extension, mapping, report, field)
-            match = _FOLD.search(os.path.basename(path))
-            if match:
-                fold_names.add(int(match.group(1)))
-            if split == "validation_fold" and match and int(match.group(1)) == dataset.validation_fold:
-                val_frames += frames
-            else:
-                train_frames += frames
-    if split == "validation_fold" and not val_frames:
-        folds = ", ".join(str(f) for f in sorted(fold_names)) or "none (no -fold-NNN-of- in the shard names)"
+    validation = ([("dataset_config.validation_data_source", dataset.validation_data_source)]
+                  if split == "validation_data_source" else [])
+    loaded = det_frames.split_frames(
+        [(f"dataset_config.data_sources[{i}]", source) for i, source in enumerate(dataset.data_sources)], validation,
+        dataset.validation_fold if split == "validation_fold" else None, mapping, class_names,
+        det_frames.image_extension(dataset), strict=strict, echo=echo, classes_field="cost_function_config.target_classes")
+    if split == "validation_fold" and not loaded.val:
+        folds = ", ".join(str(f) for f in loaded.folds) or "none (no -fold-NNN-of- in the shard names)"
         raise TaoctlError(f"dataset_config.validation_fold {dataset.validation_fold}: no frames in that fold; "
                           f"the data_sources' shards hold folds {folds}")
-    if split == "validation_data_source":
-        source = dataset.validation_data_source
-        for path in _shards(source, "dataset_config.validation_data_source"):
-            val_frames += _read_shard(path, source, extension, mapping, report,
-                                      "dataset_config.validation_data_source")
-    echo(report.summary())
-    report.fail_if_strict(strict)
-    if not train_frames:
-        raise TaoctlError("dataset_config.data_sources: no training frames (every shard is in the validation fold)")
-    train_frames = [_mapped(f, mapping, class_names) for f in train_frames]
-    val_frames = [_mapped(f, mapping, class_names) for f in val_frames]
-    counts = kitti.class_counts(train_frames)
-    empty = [name for name in class_names if not counts[name]]
-    if empty:
-        raise TaoctlError(f"cost_function_config.target_classes: no training objects of {', '.join(empty)} "
-                          f"(check dataset_config.target_class_mapping; training classes: "
-                          f"{', '.join(sorted(kitti.class_counts(train_frames))) or 'none'})")
-    _notice_resize(train_frames + val_frames, preprocessing, echo)
+    _notice_resize(loaded.train + loaded.val, preprocessing, echo)
+    train_frames = list(loaded.train)
     random.Random(seed).shuffle(train_frames)
-    return DetectNetData(class_names, train_frames, val_frames, width, height, report)
+    return DetectNetData(class_names, train_frames, loaded.val, width, height, loaded.report)
 
 
-def _shards(source, field: str) -> list[str]:
-    if not source.tfrecords_path:
-        raise TaoctlError(f"{field}.tfrecords_path is not set (the TFRecords written by dataset_convert)")
-    if not source.image_directory_path or not os.path.isdir(source.image_directory_path):
-        raise TaoctlError(f"{field}.image_directory_path {source.image_directory_path!r} is not a folder")
-    try:
-        return expand_paths(source.tfrecords_path)
-    except TaoctlError as exc:
-        raise TaoctlError(f"{field}: {exc}") from None
+def target_classes(spec) -> list[str]:
+    """``cost_function_config.target_classes``' names, lower-cased, in the spec's order (the heads' order)."""
+    names = [str(t.name).lower() for t in spec.cost_function_config.target_classes]
+    if not names:
+        raise TaoctlError("cost_function_config.target_classes is empty: name the classes to detect")
+    return names
 
 
-def _read_shard(path: str, source, extension, mapping, report: kitti.LabelReport, field: str) -> list[kitti.Frame]:
-    frames, _ = kitti.load_data_source(source.image_directory_path, path, extension=extension,
-                                       class_mapping=mapping, report=report)
-    missing = [f.image_path for f in frames if not os.path.isfile(f.image_path)]
-    if missing:
-        raise TaoctlError(f"{field}.image_directory_path: {len(missing)} image(s) of {path} missing, e.g. "
-                          f"{missing[0]} (check image_directory_path and dataset_config.image_extension)")
-    return frames
-
-
-def _mapped(frame: kitti.Frame, mapping: dict[str, str], class_names: list[str]) -> kitti.Frame:
-    objects = [dataclasses.replace(o, cls=mapping[o.cls]) for o in frame.objects
-               if mapping.get(o.cls) in class_names]
-    return dataclasses.replace(frame, objects=objects)
+def class_mapping(spec, class_names: list[str]) -> dict[str, str]:
+    """``dataset_config.target_class_mapping`` lower-cased; empty, each target class stands for itself."""
+    mapping = {k.lower(): v.lower() for k, v in spec.dataset_config.target_class_mapping.items()}
+    return mapping or {name: name for name in class_names}
 
 
 def _crop_box(preprocessing, width: int, height: int, where: str) -> tuple[int, int, int, int]:
@@ -333,9 +290,4 @@ def load_eval_samples(frames: Sequence[kitti.Frame], class_names: list[str], wid
 def kitti_frames(image_dir: str | os.PathLike, label_dir: str | os.PathLike, spec,
                  class_names: list[str]) -> list[kitti.Frame]:
     """Frames of a KITTI folder pair (evaluate's -i/-l), classes mapped by ``dataset_config.target_class_mapping``."""
-    mapping = {k.lower(): v.lower() for k, v in spec.dataset_config.target_class_mapping.items()}
-    mapping = mapping or {name: name for name in class_names}
-    frames, _ = kitti.read_kitti(image_dir, label_dir, class_mapping=mapping, lower=True)
-    if not frames:
-        raise TaoctlError(f"no labelled images in {image_dir} with labels in {label_dir}")
-    return [_mapped(f, mapping, class_names) for f in frames]
+    return det_frames.kitti_folder_frames(image_dir, label_dir, class_mapping(spec, class_names), class_names)

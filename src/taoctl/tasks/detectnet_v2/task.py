@@ -86,12 +86,7 @@ class DetectNetTask(TF1DetectionTask):
     def _is_inference_spec(run) -> bool:
         return run.spec is not None and "inferencer_config" in run.spec.DESCRIPTOR.fields_by_name
 
-    @staticmethod
-    def class_names(spec) -> list[str]:
-        names = [str(t.name).lower() for t in spec.cost_function_config.target_classes]
-        if not names:
-            raise TaoctlError("cost_function_config.target_classes: at least one target class is required")
-        return names
+    class_names = staticmethod(dn_data.target_classes)
 
     @staticmethod
     def output_size(spec) -> tuple[int, int]:
