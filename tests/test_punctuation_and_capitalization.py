@@ -31,6 +31,15 @@ def test_other_marks_are_deleted_hyphens_split_and_quotes_stripped():
     assert labels == ["OU", "OO", "OO", ",O", "OO", ".U", "OU", "OO", "?O"]
 
 
+def test_mark_aliases_label_other_marks_instead_of_deleting_them():
+    aliases = {"!": ".", ";": ",", ":": ","}
+    line = "Oh! she said; then: Emma, come!"
+    assert [l for s in convert_line(line) for l in s[1]] == ["OU", "OO", "OO", "OO", ",U", "OO"]
+    sentences = convert_line(line, aliases)
+    assert [l for s in sentences for l in s[1]] == [".U", "OO", ",O", ",O", ",U", ".O"]
+    assert [s[0] for s in sentences] == [["oh"], ["she", "said", "then", "emma", "come"]]
+
+
 def test_windows_keep_whole_sentences_within_the_word_limit():
     sentences = convert_line("A b. C d e. F g h i j k.")
     lines = windows(sentences, 5)
@@ -88,6 +97,14 @@ def test_train_evaluate_infer_export_and_the_onnx_agrees(converted, taoctl):
            f"data_dir={data}", check=True)
     from_onnx = json.loads((root / "eval_onnx" / "results.json").read_text())
     assert from_onnx["summary"] == report["summary"]
+
+
+def test_a_mark_alias_outside_the_scheme_is_refused(converted, tmp_path, taoctl):
+    root, _, specs = converted
+    run = taoctl(TASK, "dataset_convert", "-e", specs / "dataset_convert.yaml", f"source_data_dir={root / 'raw'}",
+                 f"target_data_dir={tmp_path / 'out'}", "mark_aliases={'!': '!'}")
+    assert run.returncode != 0 and "mark_aliases: {'!': '!'}" in run.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_label_outside_the_scheme_is_named(converted, tmp_path, taoctl):

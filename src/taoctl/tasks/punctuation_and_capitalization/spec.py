@@ -55,6 +55,9 @@ class DatasetConvert:
     # taoctl extension: a paragraph is cut into lines of whole sentences of at most this many words
     # (a longer sentence is cut at the limit); -1 keeps each source line whole.
     max_words_per_line: int = 64
+    # taoctl extension: marks labelled as one of , . ? instead of being deleted, e.g. {"!": ".", ";": ","}.
+    # TAO deleted every other mark (the default, {}): a sentence ending in "!" then ends unlabelled.
+    mark_aliases: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 KINDS = {

@@ -4,9 +4,10 @@ two token heads), on the shared NLP base.
 Labels (TAO's 2-character scheme): the first character is the punctuation after the word (``O``,
 ``,``, ``.``, ``?``), the second ``U`` (first letter upper case) or ``O``. ``dataset_convert`` makes
 them from raw text: per whitespace token, a final ``,`` ``.`` or ``?`` (the last of them in the
-token's trailing marks) is the label, every other mark is deleted (a hyphen or dash splits words;
-apostrophes stay), the text is lower-cased; a paragraph is cut into lines of whole sentences
-(``max_words_per_line``, a taoctl extension). Lines longer than half ``max_seq_length`` words are cut
+token's trailing marks) is the label, every other mark is deleted unless ``mark_aliases`` (a taoctl
+extension) labels it as one of those (a hyphen or dash splits words; apostrophes stay), the text is
+lower-cased; a paragraph is cut into lines of whole sentences (``max_words_per_line``, a taoctl
+extension). Lines longer than half ``max_seq_length`` words are cut
 into pieces of that many words for training and evaluation, so no word is lost to truncation.
 """
 
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 from torch import nn
@@ -37,20 +40,21 @@ _TRAILING = re.compile(r"[^\w']*$")
 SUMMARY_NAMES = {",": "comma", ".": "period", "?": "question"}
 
 
-def label_token(token: str) -> tuple[list[str], str, bool]:
+def label_token(token: str, aliases: Mapping[str, str] = MappingProxyType({})) -> tuple[list[str], str, bool]:
     """A raw whitespace token -> (its words, lower-case; the punctuation label of the last one; whether it ends a
-    sentence). ``"Hello,"`` -> (["hello"], ",", False); ``twenty-one.`` -> (["twenty", "one"], ".", True)."""
+    sentence). ``"Hello,"`` -> (["hello"], ",", False); ``twenty-one.`` -> (["twenty", "one"], ".", True);
+    ``aliases`` label other marks as one of :data:`MARKS` (``{";": ","}``: ``"so;"`` -> (["so"], ",", False))."""
     trailing = _TRAILING.search(token).group()
-    mark = next((c for c in reversed(trailing) if c in MARKS), "O")
+    mark = next((aliases.get(c, c) for c in reversed(trailing) if aliases.get(c, c) in MARKS), "O")
     words = [w.strip("'") for w in _NOT_WORD.split(token) if w.strip("'")]  # quotes go, "don't" stays
     return words, mark, mark in (".", "?") or "!" in trailing
 
 
-def convert_line(line: str) -> list[tuple[list[str], list[str]]]:
-    """A raw line -> sentences of (lower-case words, 2-character labels)."""
+def convert_line(line: str, aliases: Mapping[str, str] = MappingProxyType({})) -> list[tuple[list[str], list[str]]]:
+    """A raw line -> sentences of (lower-case words, 2-character labels); ``aliases`` as :func:`label_token`'s."""
     sentences, words, labels = [], [], []
     for token in line.split():
-        parts, mark, ends = label_token(token)
+        parts, mark, ends = label_token(token, aliases)
         if not parts:
             if mark != "O" and labels:  # a detached mark (" ?") belongs to the word before it
                 labels[-1] = mark + labels[-1][1]
@@ -272,11 +276,16 @@ class PunctuationCapitalizationTask(NLPTask):
         outputs = [target / f"{kind}_{name}" for name in spec.list_of_file_names for kind in ("text", "labels")]
         refuse_overwrites([(f"source_data_dir file {name}", source / name) for name in spec.list_of_file_names],
                           [(str(path), path) for path in outputs])
+        aliases = dict(spec.mark_aliases)
+        wrong = {k: v for k, v in aliases.items() if len(k) != 1 or k.isalnum() or v not in MARKS}
+        if wrong:
+            raise TaoctlError(f"mark_aliases: {wrong} -- each key is one punctuation character, each value one of "
+                              f"{' '.join(MARKS)}")
         converted = {}
         for name in spec.list_of_file_names:
             lines = []
             for line in read_lines(source / name, "source_data_dir file"):
-                lines += windows(convert_line(line), spec.max_words_per_line)
+                lines += windows(convert_line(line, aliases), spec.max_words_per_line)
             converted[name] = lines
         with atomic_paths() as stage:
             for name, lines in converted.items():
