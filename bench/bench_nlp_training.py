@@ -25,7 +25,6 @@ import argparse
 import importlib
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from taoctl.engine.spec import load, parse_overrides
 from taoctl.engine.task import Run
 from taoctl.engine.trainer import Trainer
 from taoctl.tasks.nlp_common import encoder as lm
+from timing import bare_loop_rate
 
 TASKS = {
     # task: training overrides given the data folder and punctuation_and_capitalization's converted data
@@ -92,8 +92,9 @@ def throughput(name: str, overrides: list[str], samples: int) -> tuple[float, fl
     task = importlib.import_module(f"taoctl.tasks.{name}.task").TASK
     spec_file = Path(task.spec.__file__).parent / "specs" / "train.yaml"
     run = Run("train", {}, spec_path=str(spec_file))
+    limits = [f"training_ds.num_samples={samples}", "trainer.max_epochs=2"]
     run.spec = load(spec_file, task.spec.KINDS["experiment"], subtask="train",
-                    overrides=parse_overrides([*overrides, f"training_ds.num_samples={samples}", "trainer.max_epochs=2"]))
+                    overrides=parse_overrides([*overrides, *limits]))
     torch.manual_seed(0)
     data = task.train_data(run)
     examples = len(data.loader.dataset)
@@ -106,20 +107,8 @@ def throughput(name: str, overrides: list[str], samples: int) -> tuple[float, fl
         taoctl_rate = examples / trainer.history[-1]["time_per_epoch"]
 
     loss_of, bare = bare_model(name, data)
-    optimizer = torch.optim.AdamW(bare.parameters(), lr=LEARNING_RATE)
-
-    def epoch():
-        bare.train()
-        for batch in data.loader:
-            loss = loss_of(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-    epoch()  # warm-up, as the Trainer's first epoch
-    started = time.perf_counter()
-    epoch()
-    return taoctl_rate, examples / (time.perf_counter() - started), run.spec.training_ds.batch_size
+    bare_rate = bare_loop_rate(bare, lambda: data.loader, loss_of, LEARNING_RATE, examples)
+    return taoctl_rate, bare_rate, run.spec.training_ds.batch_size
 
 
 def main(argv=None) -> int:

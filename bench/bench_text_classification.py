@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from taoctl.tasks.nlp_common import encoder as lm
 from taoctl.tasks.text_classification import spec as tc_spec
 from taoctl.tasks.nlp_common.data import read_tsv
 from taoctl.tasks.text_classification.task import TASK, ClassificationReport
-from timing import paired_medians
+from timing import bare_loop_rate, paired_medians
 
 
 def frozen_baseline(data: Path) -> dict:
@@ -107,26 +106,18 @@ def training_throughput(data: Path, samples: int, batch: int) -> tuple[float, fl
     folder = str(lm.offline_default_folder())
     tokenizer = library.AutoTokenizer.from_pretrained(folder)
     bare = library.AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
-    bare_optimizer = torch.optim.AdamW(bare.parameters(), lr=5e-5)
     texts, labels = read_tsv(data / "train.tsv", 2, "train")
     texts, labels = texts[:samples], torch.tensor(labels[:samples])
 
-    def epoch():
-        bare.train()
+    def batches():  # the tokenizer padding each batch, as a bare transformers loop does
         order = torch.randperm(samples, generator=torch.Generator().manual_seed(0))
         for start in range(0, samples, batch):
             rows = order[start:start + batch]
             inputs = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=128,
                                return_tensors="pt")
-            loss = bare(**inputs, labels=labels[rows]).loss
-            bare_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            bare_optimizer.step()
+            yield inputs, labels[rows]
 
-    epoch()  # warm-up, as the Trainer's first epoch
-    started = time.perf_counter()
-    epoch()
-    results["bare"] = samples / (time.perf_counter() - started)
+    results["bare"] = bare_loop_rate(bare, batches, lambda b: bare(**b[0], labels=b[1]).loss, 5e-5, samples)
     return results["taoctl"], results["bare"]
 
 

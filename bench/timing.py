@@ -1,4 +1,5 @@
-"""Latency timing shared by the bench scripts: each side alone in its own process, timed in turns."""
+"""Timing shared by the bench scripts: latency with each side alone in its own process, timed in turns
+(:func:`paired_medians`), and a bare training loop's throughput (:func:`bare_loop_rate`)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,22 @@ def paired_medians(sides: dict, repeats: int, threads: int) -> tuple[dict, dict]
                 worker.terminate()
     return ({name: statistics.median(wall for wall, _ in values) for name, values in times.items()},
             {name: statistics.median(kernel for _, kernel in values) for name, values in times.items()})
+
+
+def bare_loop_rate(model, batches, loss_of, lr: float, examples: int) -> float:
+    """Examples per second of a plain training loop -- ``loss_of(batch)``, backward, AdamW step -- over the
+    batches ``batches()`` yields: the second pass timed, the first a warm-up (as the Trainer's first epoch)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def epoch():
+        model.train()
+        for batch in batches():
+            loss = loss_of(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    epoch()
+    started = time.perf_counter()
+    epoch()
+    return examples / (time.perf_counter() - started)
