@@ -71,7 +71,8 @@ def split_frames(sources, validation_sources, validation_fold: int | None, mappi
                  classes_field: str) -> DetectionFrames:
     """Training and validation frames of ``(field, data source)`` pairs: the shards of ``validation_fold`` and
     every ``validation_sources`` frame validate, the rest trains; objects of a class ``mapping`` has are renamed,
-    the others, and those mapped to a class outside ``names``, dropped. Every one of ``names`` (the spec's ``classes_field``) needs training objects."""
+    the others, and those mapped to a class outside ``names``, dropped. Every one of ``names`` (the spec's
+    ``classes_field``) needs training objects."""
     report = kitti.LabelReport()
     train, val, folds = [], [], set()
     for field, source in sources:
@@ -85,8 +86,9 @@ def split_frames(sources, validation_sources, validation_fold: int | None, mappi
     echo(report.summary())
     report.fail_if_strict(strict)
     if not train:
-        raise TaoctlError(f"dataset_config.data_sources: no training frames (every shard is in validation_fold "
-                          f"{validation_fold}; the shards hold folds {sorted(folds)})")
+        why = (f" (every shard is in validation_fold {validation_fold}; the shards hold folds {sorted(folds)})"
+               if validation_fold is not None else "")
+        raise TaoctlError(f"dataset_config.data_sources: no training frames{why}")
     kept = set(names)
     train = [_renamed(f, mapping, kept) for f in train]
     val = [_renamed(f, mapping, kept) for f in val]

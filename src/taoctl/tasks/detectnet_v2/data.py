@@ -79,15 +79,15 @@ def load_data(spec, *, seed: int, strict: bool = False, echo: Callable[[str], No
     loaded = det_frames.split_frames(
         [(f"dataset_config.data_sources[{i}]", source) for i, source in enumerate(dataset.data_sources)], validation,
         dataset.validation_fold if split == "validation_fold" else None, mapping, class_names,
-        det_frames.image_extension(dataset), strict=strict, echo=echo, classes_field="cost_function_config.target_classes")
+        det_frames.image_extension(dataset), strict=strict, echo=echo,
+        classes_field="cost_function_config.target_classes")
     if split == "validation_fold" and not loaded.val:
         folds = ", ".join(str(f) for f in loaded.folds) or "none (no -fold-NNN-of- in the shard names)"
         raise TaoctlError(f"dataset_config.validation_fold {dataset.validation_fold}: no frames in that fold; "
                           f"the data_sources' shards hold folds {folds}")
     _notice_resize(loaded.train + loaded.val, preprocessing, echo)
-    train_frames = list(loaded.train)
-    random.Random(seed).shuffle(train_frames)
-    return DetectNetData(class_names, train_frames, loaded.val, width, height, loaded.report)
+    random.Random(seed).shuffle(loaded.train)
+    return DetectNetData(class_names, loaded.train, loaded.val, width, height, loaded.report)
 
 
 def target_classes(spec) -> list[str]:

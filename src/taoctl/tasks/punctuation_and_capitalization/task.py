@@ -7,8 +7,8 @@ them from raw text: per whitespace token, a final ``,`` ``.`` or ``?`` (the last
 token's trailing marks) is the label, every other mark is deleted unless ``mark_aliases`` (a taoctl
 extension) labels it as one of those (a hyphen or dash splits words; apostrophes stay), the text is
 lower-cased; a paragraph is cut into lines of whole sentences (``max_words_per_line``, a taoctl
-extension). Lines longer than half ``max_seq_length`` words are cut
-into pieces of that many words for training and evaluation, so no word is lost to truncation.
+extension). Lines longer than half ``max_seq_length`` words are cut into pieces of that many words
+for training and evaluation, so no word is lost to truncation.
 """
 
 from __future__ import annotations
