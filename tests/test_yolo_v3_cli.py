@@ -181,6 +181,26 @@ def test_prune_then_retrain_from_pruned_model_path(trained, taoctl):
     assert "0 missing" in result.stdout
 
 
+def test_qat_trains_and_exports_int8_with_nms_and_no_calibration(trained, taoctl):
+    root, _, _, _ = trained
+    anchors = (root / "kmeans" / "anchors.txt").read_text()
+    spec = root / "qat.txt"
+    start = root / "train" / "weights" / "yolov3_resnet10_epoch_002.tlt"
+    spec.write_text(_spec(root, anchors, 1, f'  pretrain_model_path: "{start}"').replace(
+        "training_config {", "training_config {\n  enable_qat: true"))
+    result = taoctl("yolo_v3", "train", "-e", spec, "-r", root / "qat", check=True)
+    assert "Quantization-aware training:" in result.stdout
+    out = root / "qat_export" / "model.onnx"
+    result = taoctl("yolo_v3", "export", "-m", root / "qat" / "weights" / "yolov3_resnet10_epoch_001.tlt", "-e", spec,
+                    "-o", out, "--data_type", "int8", check=True)
+    assert "no calibration data" in result.stdout and "Calibrating" not in result.stdout
+    graph = onnx.load(out).graph
+    assert {"QuantizeLinear", "DequantizeLinear", "NonMaxSuppression"} <= {node.op_type for node in graph.node}
+    assert [o.name for o in graph.output] == ["num_detections", "nmsed_boxes", "nmsed_scores", "nmsed_classes"]
+    evaluated = taoctl("yolo_v3", "evaluate", "-e", spec, "-m", out, "-r", root / "qat_eval", check=True)
+    assert "blue          AP" in evaluated.stdout and "red           AP" in evaluated.stdout
+
+
 def test_spec_errors_are_one_line(trained, taoctl, tmp_path):
     root, _, _, _ = trained
     anchors = (root / "kmeans" / "anchors.txt").read_text()

@@ -201,9 +201,6 @@ class YoloV3Task(TF1DetectionTask):
         weights = LossWeights.from_config(config.loss_loc_weight, config.loss_neg_obj_weights,
                                           config.loss_class_weights, config.matching_neutral_box_iou)
         loss = YoloLoss(YoloDecode(anchors, yolo_model.STRIDES, len(classes)), weights, (width, height))
-        if spec.training_config.enable_qat:
-            run.echo("Note: training_config.enable_qat: quantisation-aware training is not available for yolo_v3; "
-                     "training in float (export --data_type int8 calibrates the trained model instead)")
         run.echo(f"Classes ({len(classes)}): {', '.join(classes)}; train images {len(loaded.train)}, "
                  f"validation images {len(loaded.val)}, input {width}x{height}")
         return TrainData(loader, classes=classes, width=width, height=height, dataset=dataset, val_frames=loaded.val,
@@ -224,6 +221,9 @@ class YoloV3Task(TF1DetectionTask):
             return loss_fn(raws, boxes, classes)
 
         return step
+
+    def quantization_aware(self, run):
+        return bool(run.spec.training_config.enable_qat)
 
     def train_hooks(self, run, data):
         return [EpochHook(data.dataset)]
