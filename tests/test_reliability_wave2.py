@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -155,6 +156,70 @@ def test_an_interrupted_export_is_one_line_and_leaves_no_temporary_file(trained,
     else:
         assert job.returncode == 128 + signum, err
         assert err.strip().splitlines() in (["taoctl: export interrupted"], ["taoctl: interrupted"])
+
+
+CHILD_IMPORTING = """
+import sys, time
+from taoctl.engine.cli import handle_interrupts
+handle_interrupts()
+sys.path.insert(0, ".")
+try:
+    import waits_for_the_signal
+except KeyboardInterrupt:
+    sys.exit("interrupted inside the import")
+try:
+    while True:
+        time.sleep(0.01)
+except KeyboardInterrupt:
+    print("interrupted after the import", waits_for_the_signal.DONE)
+"""
+
+
+def test_an_interrupt_during_an_import_is_raised_once_the_import_is_done(tmp_path):
+    """onnx's extension module runs Python from C++ while it initialises: a KeyboardInterrupt raised
+    there aborted the export (SIGABRT, SIGSEGV) and left its temporary folder behind."""
+    (tmp_path / "waits_for_the_signal.py").write_text(
+        "import pathlib, time\n"
+        "pathlib.Path('started').touch()\n"
+        "while not pathlib.Path('signalled').exists():\n"
+        "    time.sleep(0.01)\n"
+        "DONE = True\n")
+    job = subprocess.Popen([sys.executable, "-c", CHILD_IMPORTING], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (tmp_path / "started").exists(), "the import", job)
+        job.send_signal(signal.SIGTERM)
+        (tmp_path / "signalled").touch()
+        out, err = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert (job.returncode, out) == (0, "interrupted after the import True\n"), err
+
+
+CHILD_MAKING_A_FOLDER = """
+import os, signal, sys, tempfile
+from taoctl.engine.cli import handle_interrupts, temporary_directory
+handle_interrupts()
+make = tempfile.mkdtemp
+
+def make_then_interrupt(**kwargs):
+    folder = make(**kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)  # `taoctl stop` at the moment the folder appears
+    return folder
+
+tempfile.mkdtemp = make_then_interrupt
+try:
+    with temporary_directory(sys.argv[1]):
+        sys.exit("the block ran")
+except KeyboardInterrupt:
+    print(sorted(os.listdir(sys.argv[1])))
+"""
+
+
+def test_an_interrupt_as_a_temporary_folder_is_made_leaves_no_folder(tmp_path):
+    result = subprocess.run([sys.executable, "-c", CHILD_MAKING_A_FOLDER, tmp_path], capture_output=True,
+                            text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, "[]\n"), result.stderr
 
 
 # --------------------------------------------------------------------------- 3. stop with DataLoader workers

@@ -12,8 +12,12 @@ from __future__ import annotations
 import _thread
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
+import threading
+import time
 import traceback
 
 import click
@@ -182,9 +186,49 @@ def deferred_interrupts():
             os.kill(os.getpid(), pending[0])
 
 
-def _on_interrupt(signum, _frame):
+@contextlib.contextmanager
+def temporary_directory(parent: str | os.PathLike | None = None, prefix: str | None = None):
+    """A temporary folder (in ``parent``) removed when the block ends, that no interrupt leaves behind.
+
+    tempfile.TemporaryDirectory has a gap between creating the folder and the ``with`` taking
+    charge of it: an interrupt that landed there (``taoctl stop`` at the moment an export began)
+    left the folder beside the outputs.
+    """
+    folder = None
+    try:
+        with deferred_interrupts():
+            folder = tempfile.mkdtemp(dir=parent, prefix=prefix)
+        yield folder
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _on_interrupt(signum, frame):
     _record_interrupt(signum)
+    if _importing(frame):
+        # An extension module's initialisation (onnx's nanobind module) calls Python from C++: a
+        # KeyboardInterrupt raised there aborted the process or crashed it (SIGSEGV). It is raised
+        # again, in the main thread, once the import is done.
+        threading.Thread(target=_interrupt_after_import, args=(signum,), daemon=True).start()
+        return
     raise KeyboardInterrupt
+
+
+def _importing(frame) -> bool:
+    """Whether ``frame`` (of the main thread) runs inside an import."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _interrupt_after_import(signum: int) -> None:
+    main = threading.main_thread().ident
+    while _importing(sys._current_frames().get(main)):
+        time.sleep(0.01)
+    _thread.interrupt_main(signum)  # runs _on_interrupt again, as if the signal came now
 
 
 def _record_interrupt(signum: int) -> None:

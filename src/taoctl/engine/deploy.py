@@ -16,14 +16,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from taoctl.engine import distributed
-from taoctl.engine.cli import echo
+from taoctl.engine.cli import echo, temporary_directory
 from taoctl.engine.task import OnnxPredictor, Predictor, Run, Task, is_onnx, resolve
 from taoctl.errors import TaoctlError
 from taoctl.fileio import write_atomic
@@ -198,7 +197,7 @@ def run_gen_trt_engine(task: Task, run: Run) -> int:
     engine = Path(flags.get("engine_file") or onnx_path.with_suffix(".engine"))
     engine.parent.mkdir(parents=True, exist_ok=True)
     data_type = flags["data_type"]
-    with tempfile.TemporaryDirectory(dir=engine.parent) as work:
+    with temporary_directory(engine.parent) as work:
         source = onnx_path
         if data_type == "int8" and not is_quantized(onnx_path):
             source = Path(work) / "int8.onnx"

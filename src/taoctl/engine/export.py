@@ -28,7 +28,6 @@ import contextlib
 import logging
 import os
 import struct
-import tempfile
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from enum import IntEnum
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from taoctl.engine.cli import deferred_interrupts
+from taoctl.engine.cli import deferred_interrupts, temporary_directory
 from taoctl.errors import TaoctlError
 from taoctl.fileio import NO_SPACE_ERRNOS, out_of_space_names, write_atomic
 
@@ -308,7 +307,7 @@ def export_model(adapter: ExportAdapter, output, sample: Mapping[str, np.ndarray
     from taoctl.engine import qat
 
     quantization_aware = qat.is_qat(adapter.module)
-    with out_of_space_names(output), tempfile.TemporaryDirectory(dir=output.parent) as work:
+    with out_of_space_names(output), temporary_directory(output.parent) as work:
         fp32 = Path(work) / "fp32.onnx"
         # A QAT model's float graph is the model with its fake quantisation off.
         with qat.float_mode(adapter.module) if quantization_aware else contextlib.nullcontext():
@@ -728,7 +727,7 @@ def quantize_int8(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarra
     from taoctl.engine.detection import nms
 
     tail = nms.graph_tail(onnx.load(str(fp32_path), load_external_data=False))
-    with tempfile.TemporaryDirectory(dir=int8_path.parent) as work:
+    with temporary_directory(int8_path.parent) as work:
         if tail is not None:  # a graph-appended NMS stays float: quantise the network alone, append it again
             body = Path(work) / "body.onnx"
             onnx.save(tail.strip(onnx.load(str(fp32_path))), str(body))
@@ -841,7 +840,7 @@ def build_tensorrt_engine(onnx_path, engine_path, profile: Mapping[str, tuple[Sh
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
-    with tempfile.TemporaryDirectory() as work:
+    with temporary_directory() as work:
         parsed = parser.parse(tensorrt_graph(onnx_path, work).read_bytes())
     if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))

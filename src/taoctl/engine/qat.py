@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -45,7 +44,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from taoctl.engine.export import DEFAULT_OPSET, DYNAMO_MIN_OPSET, quiet_exporter
-from taoctl.engine.cli import deferred_interrupts
+from taoctl.engine.cli import deferred_interrupts, temporary_directory
 from taoctl.errors import TaoctlError
 
 # Symmetric int8: scale = amax / 127 so +-amax maps to +-127; ONNX's int8 QuantizeLinear saturates at
@@ -410,7 +409,7 @@ def export_qdq(model: nn.Module, sample: Mapping[str, np.ndarray] | torch.Tensor
         traced.append(tensor)
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as work:
+    with temporary_directory(onnx_path.parent) as work:
         raw = Path(work) / "qdq_raw.onnx"
         try:
             with quiet_exporter(), deferred_interrupts(), torch.no_grad():

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from taoctl.engine import distributed, optim
-from taoctl.engine.cli import Interrupted, echo, finish_dry_run, interrupt_signal
+from taoctl.engine.cli import Interrupted, echo, finish_dry_run, interrupt_signal, temporary_directory
 from taoctl.engine.task import Run, Task, resolve
 from taoctl.errors import TaoctlError
 from taoctl.outputs import OverwriteError, refuse_overwrites
@@ -707,8 +707,6 @@ def run_nemo_export(task: Task, run: Run) -> int:
     """TAO 3.x's conversational export: ``-m`` to the spec's ``export_to`` (in ``-r``) or ``-o``: ``.riva`` (the
     task's folder archive around the ONNX), ``.onnx`` or TAO's ``.eonnx`` (plain ONNX here); ``--data_type
     int8`` quantises the weights dynamically."""
-    import tempfile
-
     from taoctl.engine import export
 
     spec = run.spec
@@ -729,7 +727,7 @@ def run_nemo_export(task: Task, run: Run) -> int:
     if suffix == ".eonnx":
         echo(f"Notice: {output} is written as plain, unencrypted ONNX (TAO's .eonnx was encrypted with -k)")
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output.parent) as work:
+    with temporary_directory(output.parent) as work:
         written = Path(work) / "model.onnx"
         export.export_model(adapter, written, sample, sample_desc=f"{len(sample[adapter.input_names[0]])} "
                             f"{adapter.items}", data_type=run.flags["data_type"], quantization="dynamic",

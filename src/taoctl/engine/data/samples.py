@@ -22,11 +22,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from taoctl.engine.cli import temporary_directory
 
 # Bump whenever the generated content changes, so old sample folders are regenerated.
 VERSION = 2
@@ -211,7 +212,7 @@ def generate(out: str | os.PathLike, seed: int = 0, force: bool = False) -> dict
     out.mkdir(parents=True, exist_ok=True)
     # Separate streams: changing one set's size does not reshuffle the other.
     cls_rng, det_rng, text_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    with tempfile.TemporaryDirectory(dir=out, prefix=".samples-") as tmp:
+    with temporary_directory(out, prefix=".samples-") as tmp:
         tmp = Path(tmp)
         stamp = _stamp(seed)
         stamp["classification"] = _write_classification(tmp / "classification", cls_rng)

@@ -14,10 +14,10 @@ import functools
 import io
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
+from taoctl.engine.cli import temporary_directory
 from taoctl.errors import TaoctlError
 from taoctl.tasks.nlp_common.sections import OFFLINE_DEFAULT_MODEL
 
@@ -170,7 +170,7 @@ def _no_pooler(config) -> dict:
 
 def tokenizer_files(tokenizer) -> dict[str, bytes]:
     """The tokenizer's files (what ``save_pretrained`` writes), for ``modelfile.pack_assets``."""
-    with tempfile.TemporaryDirectory() as folder:
+    with temporary_directory() as folder:
         tokenizer.save_pretrained(folder)
         return {path.name: path.read_bytes() for path in Path(folder).iterdir() if path.is_file()}
 
@@ -182,7 +182,7 @@ def tokenizer_from_files(files: dict[str, bytes]):
     """A tokenizer from :func:`tokenizer_files`' output (cached per content)."""
     key = hash(tuple(sorted((name, data) for name, data in files.items())))
     if key not in _TOKENIZERS:
-        with tempfile.TemporaryDirectory() as folder:
+        with temporary_directory() as folder:
             for name, data in files.items():
                 (Path(folder) / Path(name).name).write_bytes(data)
             _TOKENIZERS[key] = transformers().AutoTokenizer.from_pretrained(folder)
