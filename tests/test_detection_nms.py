@@ -48,9 +48,14 @@ def run(model: onnx.ModelProto, boxes, scores, tmp_path, name="m.onnx") -> dict[
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("max_candidates", [4000, 120])  # 120 < 300 x 3: the candidate cap in the graph too
-def test_onnx_outputs_equal_the_numpy_postprocess(tmp_path, batch, max_candidates):
+@pytest.mark.parametrize("levels", [None, 16])
+def test_onnx_outputs_equal_the_numpy_postprocess(tmp_path, batch, max_candidates, levels):
+    """``levels``: scores on a coarse grid, as an INT8 model's are; equal scores at the candidate cap, at
+    top_k and between overlapping boxes must be broken the same way in the graph and in NumPy."""
     tail = BatchedNMS("boxes", "scores", (WIDTH, HEIGHT), 0.05, 0.45, top_k=25, max_candidates=max_candidates)
     boxes, scores = decoded(batch)
+    if levels:
+        scores = np.round(scores * levels) / levels
     got = run(tail.append(passthrough()), boxes, scores, tmp_path)
     assert list(got) == list(OUTPUT_NAMES)
     assert got["num_detections"].dtype == np.int32 and got["num_detections"].shape == (batch, 1)

@@ -2,7 +2,7 @@
 
 :func:`nms` is what evaluation and inference run on decoded outputs (boxes ``[B, N, 4]`` x1 y1 x2 y2
 in input pixels, class scores ``[B, N, C]``): candidates are the (box, class) pairs scoring above
-``confidence_threshold`` (at most :data:`MAX_NMS_CANDIDATES` best of an image), greedy NMS within
+``confidence_threshold`` (among the :data:`MAX_NMS_CANDIDATES` best of an image, ties kept), greedy NMS within
 each class at ``iou_threshold``, the ``top_k`` best survivors of all classes kept.
 
 :class:`BatchedNMS` is the same NMS as the tail of an exported detector (``ExportAdapter.tail``):
@@ -47,11 +47,12 @@ def nms(boxes: np.ndarray, scores: np.ndarray, confidence_threshold: float, iou_
     """Decoded outputs (boxes [B, N, 4], scores [B, N, C]) -> per image its kept detections, best first."""
     out = []
     for image_boxes, image_scores in zip(np.asarray(boxes, np.float32), np.asarray(scores, np.float32)):
-        anchor, cls = np.nonzero(image_scores > confidence_threshold)
+        above = image_scores > confidence_threshold
+        if image_scores.size > max_candidates:
+            # The graph's cut: every (box, class) score below the max_candidates-th best drops out (ties kept).
+            above &= image_scores >= np.partition(image_scores.reshape(-1), -max_candidates)[-max_candidates]
+        anchor, cls = np.nonzero(above)
         candidate_scores = image_scores[anchor, cls]
-        if len(candidate_scores) > max_candidates:
-            best = np.argpartition(-candidate_scores, max_candidates)[:max_candidates]
-            anchor, cls, candidate_scores = anchor[best], cls[best], candidate_scores[best]
         keep = greedy_nms(image_boxes[anchor], candidate_scores, cls, iou_threshold, top_k)
         out.append(ImageDetections(image_boxes[anchor[keep]].astype(np.float64).reshape(-1, 4),
                                    cls[keep].astype(np.int64), candidate_scores[keep].astype(np.float64)))
@@ -63,10 +64,13 @@ def greedy_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_t
     """Per-class greedy NMS (a box is dropped when its IoU with a better kept box of its class is above
     ``iou_threshold``), stopping once ``top_k`` boxes are kept: indices by decreasing score.
 
+    Equal scores (common in an INT8 model's) are taken lower class first, then in the order given (box
+    index): the order of the exported graph's NonMaxSuppression (per class, lower box index first on a
+    tie) and TopK (lower row first), so the same boxes survive and are cut at ``top_k``.
     torchvision's batched_nms gives the same boxes but cannot stop early, and an untrained head's
     thousands of scattered candidates each cost it a pass.
     """
-    order = np.argsort(-scores, kind="stable")
+    order = np.lexsort((classes, -scores))
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep = []
     while len(order) and len(keep) < top_k:
@@ -229,8 +233,8 @@ class BatchedNMS:
 
         scores = self.scores
         if candidates > self.max_candidates:
-            # Only an image's max_candidates best (box, class) scores stay: the others drop to 0, under
-            # any threshold (NumPy's nms keeps the same best ones).
+            # Only an image's max_candidates best (box, class) scores stay (and any tied with the last):
+            # the others drop to 0, under any threshold (NumPy's nms keeps the same ones).
             flat = node("Reshape", [scores, const("flat_shape", np.array([0, -1], np.int64))])
             best, _ = node("TopK", [flat, const("candidates", np.array([self.max_candidates], np.int64))], 2,
                            axis=1)
