@@ -12,13 +12,9 @@ TAOCTL=${TAOCTL:-.venv/bin/taoctl}
 export OMP_WAIT_POLICY=PASSIVE
 PTH=${PTH:-0.7}  # 0.7: 29 % of the MACs; 0.6 leaves 51 %
 
-# 1. KITTI folders per split (symlinks: the dataset is read, never copied or written).
+# 1. KITTI folders per split (symlinks: the dataset is read, never copied or written), then TFRecords.
+BCCD=$DATA bash docs/bccd_splits.sh "$RUNS"
 for split in trainval val test; do
-  mkdir -p "$RUNS/data/$split/images" "$RUNS/data/$split/labels"
-  while read -r id; do
-    ln -sf "$(realpath "$DATA/images/$id.jpg")" "$RUNS/data/$split/images/$id.jpg"
-    ln -sf "$(realpath "$DATA/labels/$id.txt")" "$RUNS/data/$split/labels/$id.txt"
-  done < "$DATA/$split.txt"
   cat > "$RUNS/data/$split/convert.txt" <<SPEC
 kitti_config {
   root_directory_path: "$RUNS/data/$split"
