@@ -9,7 +9,8 @@ fields); :func:`export_model` does the rest for any adapter:
    dynamic batch axis or, with ``static_batch_size``, a fixed one;
 2. every output checked against PyTorch on the caller's sample inputs (a failure writes nothing);
 3. ``fp16``: onnxruntime's float16 converter; ``int8``: static QDQ quantisation with
-   onnxruntime from calibration batches, the graph's final Softmax/Sigmoid left in float, plus a
+   onnxruntime from calibration batches, what follows the last weighted layers (output sigmoids,
+   box decoding) left in float, plus a
    TensorRT calibration cache (``TRT-<ver>-<algorithm>`` text, each tensor's scale as big-endian float hex);
 4. with a ``tail`` (:class:`GraphTail`, e.g. a detector's NMS, ``engine.detection.nms.BatchedNMS``):
    the tail's nodes appended to the fp32/fp16/int8 graph (so they stay float and unquantised), its
@@ -66,8 +67,8 @@ CALIBRATOR_OPTIONS = {"entropy": {"num_bins": 2048, "num_quantized_bins": 128}}
 DEFAULT_TOLERANCE = 1e-3
 # Output suffixes export writes; TAO 4 named its exports .etlt (encrypted), taoctl writes plain ONNX under it.
 OUTPUT_SUFFIXES = (".onnx", ".etlt")
-# Output activations quantize_int8 leaves in float: a QDQ pair after them rounds probabilities to 1/255 steps.
-FLOAT_OUTPUT_OPS = ("Softmax", "Sigmoid")
+# The layers INT8 is for; quantize_int8 leaves what comes after the last of them in float (post_processing_nodes).
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -635,9 +636,26 @@ def ort_session(path, threads: int | None = None):
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(_onnxruntime_source(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
         raise TaoctlError(f"{path}: onnxruntime cannot load it ({exc})") from exc
+
+
+def _onnxruntime_source(path) -> str | bytes:
+    """What onnxruntime loads for ``path``: the file, or for a symmetric-INT8 export the same arithmetic in the
+    form its x86 kernels fuse (:mod:`taoctl.engine.ort_int8`)."""
+    import onnx
+
+    from taoctl.engine import ort_int8
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX: onnxruntime's own error names the problem
+        return str(path)
+    if any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in model.graph.initializer):
+        return str(path)
+    rewritten = ort_int8.for_onnxruntime(model)
+    return str(path) if rewritten is None else rewritten.SerializeToString()
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -698,8 +716,8 @@ def quantize_int8(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarra
     """Calibrated static INT8 (QDQ) of an fp32 ONNX model; returns the activation ranges used.
 
     ``batches``: calibration inputs, each ``{input name: array}`` (float arrays as float32).
-    ``method``: minmax, entropy or percentile. Softmax/Sigmoid nodes that produce graph outputs stay
-    float, so probabilities keep their precision; ``cache_path``'s header names ``method``'s calibrator.
+    ``method``: minmax, entropy or percentile. The post-processing after the last weighted layers stays
+    float (:func:`post_processing_nodes`); ``cache_path``'s header names ``method``'s calibrator.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -754,7 +772,7 @@ def quantize_int8(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarra
         quantize_static(str(prepared), str(tmp), _Reader(prepared_batches), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, calibrate_method=methods[method],
-                        nodes_to_exclude=float_output_nodes(prepared),
+                        nodes_to_exclude=post_processing_nodes(prepared),
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
                         calibration_cache_path=computed)
         if tail is not None:
@@ -765,13 +783,23 @@ def quantize_int8(fp32_path, int8_path, batches: Iterable[Mapping[str, np.ndarra
     return ranges
 
 
-def float_output_nodes(path) -> list[str]:
-    """Names of the nodes that compute a graph output with one of :data:`FLOAT_OUTPUT_OPS` (kept in float by INT8)."""
+def post_processing_nodes(path) -> list[str]:
+    """Names of the nodes no weighted layer (:data:`WEIGHTED_OPS`) depends on: what follows the network's
+    last layers (output sigmoids and softmaxes, yolo_v3's box decoding) and INT8 leaves in float. QDQ
+    pairs there round probabilities to 1/255 steps and decoded boxes by pixels, and onnxruntime runs
+    each of them in float anyway."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    outputs = {output.name for output in graph.output}
-    return [node.name for node in graph.node if node.op_type in FLOAT_OUTPUT_OPS and outputs & set(node.output)]
+    producers = {name: node for node in graph.node for name in node.output}
+    needed, pending = set(), [node for node in graph.node if node.op_type in WEIGHTED_OPS]
+    while pending:
+        node = pending.pop()
+        if node.name in needed:
+            continue
+        needed.add(node.name)
+        pending.extend(producers[name] for name in node.input if name in producers)
+    return [node.name for node in graph.node if node.name not in needed]
 
 
 def write_trt_cache(path, ranges: dict[str, tuple[float, float]], method: str = "minmax") -> None:
