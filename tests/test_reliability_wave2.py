@@ -356,6 +356,18 @@ def test_the_agents_output_becomes_the_workers_one_line():
     assert out.getvalue().splitlines()[-1] == "taoctl: loss became nan"
 
 
+def test_a_teardown_abort_of_a_stopped_run_is_not_its_line():
+    """A stopped worker or agent may die in std::terminate (a c10d thread still running at exit): after an
+    interrupt that line is not the run's; before one it is shown."""
+    for stopping, shown in ((True, ""), (False, "terminate called without an active exception\n")):
+        out = io.StringIO()
+        output = torchrun.AgentOutput(out, verbose=False)
+        output.stopping = stopping
+        output.feed(b"terminate called without an active exception\n")
+        output.close()
+        assert out.getvalue() == shown
+
+
 # --------------------------------------------------------------------------- 6. --log_file naming a spec path
 def test_a_log_file_that_the_spec_names_is_refused_before_it_is_opened(trained, taoctl, tmp_path):
     model = tmp_path / "m.tlt"

@@ -39,6 +39,7 @@ class AgentOutput:
         self.partial = ""
         self.in_traceback = False
         self.error_lines: list[str] = []  # workers' `taoctl:` lines, each once, in order
+        self.stopping = False  # an interrupt was passed on to the agent
         self.failures: list[tuple[int, int, int]] = []  # (rank, exit code, pid) from the agent's table
         self._rank: int | None = None
 
@@ -71,6 +72,10 @@ class AgentOutput:
             return
         if _AGENT_LOG.match(line):
             return
+        if self.stopping and line.startswith("terminate called"):
+            # C++'s std::terminate as a stopped process tears down (a c10d store thread still running):
+            # the run ends as interrupted all the same.
+            return
         self.out.write(segment)
 
     def _table_line(self, line: str) -> None:
@@ -89,14 +94,15 @@ def run(command: list[str], env: dict[str, str], subtask: str, verbose: bool,
     env = {"OMP_NUM_THREADS": "1", **env}
     agent = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, process_group=0, preexec_fn=preexec_fn)
     passed_on: list[int] = []
+    output = AgentOutput(out, verbose)
 
     def pass_on(signum, _frame):
         passed_on.append(signum)
+        output.stopping = True
         with contextlib.suppress(ProcessLookupError):
             agent.send_signal(signum)
 
     previous = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, signal.SIGTERM)}
-    output = AgentOutput(out, verbose)
     try:
         while data := os.read(agent.stderr.fileno(), 65536):
             output.feed(data)
