@@ -56,6 +56,7 @@ def for_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto | None:
             values = numpy_helper.to_array(initializers[zero_point]).astype(np.int16) + 128
             shifted[zero_point] = f"{zero_point}_as_uint8"
             graph.initializer.append(numpy_helper.from_array(values.astype(np.uint8), shifted[zero_point]))
+            initializers[shifted[zero_point]] = graph.initializer[-1]
         node.input[2] = shifted[zero_point]
 
     dequantizers = []
@@ -64,7 +65,7 @@ def for_onnxruntime(model: onnx.ModelProto) -> onnx.ModelProto | None:
         for dequantizer in consumers[quantizer.output[0]]:
             shift(dequantizer)
             dequantizers.append(dequantizer)
-    _integer_clamps(graph, consumers, dequantizers)
+    _integer_clamps(graph, initializers, consumers, dequantizers)
     used = {name for node in graph.node for name in node.input}
     unused = [tensor for tensor in graph.initializer if tensor.name not in used]
     for tensor in unused:  # the replaced zero points, and the scales of the Q/DQ pairs the clamps absorbed
@@ -80,9 +81,14 @@ def _activation_quantizers(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
             and initializers[node.input[2]].data_type == TensorProto.INT8]
 
 
-def _integer_clamps(graph: onnx.GraphProto, consumers, dequantizers) -> None:
-    """Replace DequantizeLinear -> Clip/Relu -> QuantizeLinear (same scale and zero point) by an integer Clip."""
-    values = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+def _integer_clamps(graph: onnx.GraphProto, initializers, consumers, dequantizers) -> None:
+    """Replace DequantizeLinear -> Clip/Relu -> QuantizeLinear (same scale and zero point) by an integer Clip.
+
+    ``initializers``: the graph's by name; only the scalars read here are converted to arrays, not the weights.
+    """
+    def values(name: str) -> np.ndarray:
+        return numpy_helper.to_array(initializers[name])
+
     # Nodes by their first output's name (unique in a graph).
     replaced: dict[str, onnx.NodeProto] = {}
     dropped: set[str] = set()
@@ -95,11 +101,11 @@ def _integer_clamps(graph: onnx.GraphProto, consumers, dequantizers) -> None:
         if len(after) != 1 or after[0].op_type != "QuantizeLinear" or len(after[0].input) < 3:
             continue
         quantizer = after[0]
-        scale, zero_point = values[quantizer.input[1]], values[quantizer.input[2]]
-        if not (scale.size == 1 and np.array_equal(scale, values[dequantizer.input[1]])
-                and np.array_equal(zero_point, values[dequantizer.input[2]])):
+        scale, zero_point = values(quantizer.input[1]), values(quantizer.input[2])
+        if not (scale.size == 1 and np.array_equal(scale, values(dequantizer.input[1]))
+                and np.array_equal(zero_point, values(dequantizer.input[2]))):
             continue
-        bounds = _clamp_bounds(clamp, values)
+        bounds = _clamp_bounds(clamp, initializers)
         if bounds is None:
             continue
         # QuantizeLinear: saturate(round_half_to_even(x / scale) + zero_point), here of the clamp's bounds.
@@ -118,7 +124,7 @@ def _integer_clamps(graph: onnx.GraphProto, consumers, dequantizers) -> None:
         graph.node.extend(kept)
 
 
-def _clamp_bounds(node: onnx.NodeProto, values) -> tuple[float | None, float | None] | None:
+def _clamp_bounds(node: onnx.NodeProto, initializers) -> tuple[float | None, float | None] | None:
     """A Relu's or Clip's (lower, upper) bounds, None for an unbounded side; None when they are not constants."""
     if node.op_type == "Relu":
         return 0.0, None
@@ -130,8 +136,8 @@ def _clamp_bounds(node: onnx.NodeProto, values) -> tuple[float | None, float | N
         name = node.input[index] if len(node.input) > index else ""
         if not name:
             bounds.append(None)
-        elif name in values:
-            bounds.append(float(values[name]))
+        elif name in initializers:
+            bounds.append(float(numpy_helper.to_array(initializers[name])))
         else:
             return None
     return bounds[0], bounds[1]
