@@ -5,7 +5,7 @@
 
 Protocol of issue 14's figures (BCCD, ../shared/data/bccd_kitti; docs/yolo_v3_bccd.sh runs it):
 accuracy is `taoctl yolo_v3 evaluate` on the test split (72 photos, never trained or validated on),
-mAP50 with TAO's SAMPLE AP; this bench gives the speed side, on the test images:
+mAP50 with the spec's INTEGRATE (all-point) AP; this bench gives the speed side, on the test images:
 1. latency at batch 1 and 8: eager PyTorch fp32 (network + decoding) vs ONNX fp32 vs ONNX INT8
    (calibrated QDQ) in onnxruntime, both ONNX files with TAO's BatchedNMS outputs (NMS in the
    graph; INT8 target >= 2x fp32 ONNX);

@@ -24,8 +24,9 @@ def _map(folder: Path) -> float:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not BCCD.is_dir(), reason="needs ../shared/data/bccd_kitti")
-@pytest.mark.parametrize("script", ["docs/detectnet_v2_bccd.sh", "docs/yolo_v3_bccd.sh"])
-def test_seed_sequence_on_bccd(tmp_path, script):
+# Issue 13 asks both INT8 exports (PTQ and QAT) to keep 99 % of fp32's mAP; issue 14 either of them.
+@pytest.mark.parametrize("script, int8_kept", [("docs/detectnet_v2_bccd.sh", min), ("docs/yolo_v3_bccd.sh", max)])
+def test_seed_sequence_on_bccd(tmp_path, script, int8_kept):
     runs = tmp_path / "bccd"
     subprocess.run(["bash", script, str(runs)], cwd=REPO, check=True, timeout=5 * 3600)
     unpruned = _map(runs / "evaluate")
@@ -36,5 +37,5 @@ def test_seed_sequence_on_bccd(tmp_path, script):
     assert unpruned >= 0.90, f"test mAP50 {unpruned:.4f} < 90 %"
     assert retrained >= 0.97 * unpruned, f"pruned + retrained keeps {retrained / unpruned:.1%} < 97 %"
     assert fp32 == pytest.approx(retrained, abs=1e-4)  # the ONNX model detects what PyTorch does
-    assert int8 >= 0.99 * fp32, f"INT8 keeps {int8 / fp32:.1%} of fp32 < 99 %"
-    assert qat_int8 >= 0.99 * fp32, f"QAT INT8 keeps {qat_int8 / fp32:.1%} of fp32 < 99 %"
+    kept = int8_kept(int8, qat_int8) / fp32
+    assert kept >= 0.99, f"INT8 keeps {kept:.1%} of fp32 < 99 % (PTQ {int8 / fp32:.1%}, QAT {qat_int8 / fp32:.1%})"
