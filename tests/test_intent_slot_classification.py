@@ -12,6 +12,7 @@ import random
 import pytest
 from conftest import ONE_LAYER
 
+from taoctl.engine import modelfile
 from taoctl.errors import TaoctlError
 from taoctl.tasks.intent_slot_classification.task import read_queries
 
@@ -53,6 +54,7 @@ def test_train_evaluate_infer_export_and_the_onnx_agrees(data, tmp_path, taoctl)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "val_intent_accuracy" in run.stdout and "val_slot_f1" in run.stdout
     model = tmp_path / "train" / "checkpoints" / "trained-model.tlt"
+    assert modelfile.load_model(model).manifest["labels"]["iob2"] is True  # slots decoded as IOB2
     shown = taoctl(TASK, "evaluate", "-e", specs / "evaluate.yaml", "-m", model, "-r", tmp_path / "eval",
                    f"data_dir={data}", check=True)
     assert "Intent report" in shown.stdout and "Slot report" in shown.stdout

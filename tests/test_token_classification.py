@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import ONE_LAYER
 
 from taoctl.errors import TaoctlError
 from taoctl.tasks.nlp_common import encoder as lm
-from taoctl.tasks.nlp_common.words import (IGNORE, entity_report, read_word_files, tokenize_words, word_label_rows,
-                                           word_predictions)
+from taoctl.engine import modelfile
+from taoctl.tasks.nlp_common.words import (IGNORE, batch_word_predictions, best_sequence, entity_report,
+                                           follows_iob2, iob2_constraints, read_word_files, tokenize_words,
+                                           word_label_rows, word_predictions)
 from taoctl.tasks.token_classification.task import markup, split_long
 
 TASK = "token_classification"
@@ -66,6 +69,7 @@ def test_train_evaluate_infer_export_and_the_onnx_agrees(converted, taoctl):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "val_f1" in run.stdout
     model = root / "train" / "checkpoints" / "trained-model.tlt"
+    assert modelfile.load_model(model).manifest["labels"]["iob2"] is True  # the generated tags are IOB2
     evaluate = [f"data_dir={data}", "test_ds.text_file=text_dev.txt", "test_ds.labels_file=labels_dev.txt"]
     shown = taoctl(TASK, "evaluate", "-e", specs / "evaluate.yaml", "-m", model, "-r", root / "eval", *evaluate,
                    check=True)
@@ -135,3 +139,42 @@ def test_entity_report_scores_whole_entities():
     assert report["per_label"]["LOC"]["f1"] == 1.0 and report["per_label"]["PER"]["f1"] == 0.0
     assert report["averages"]["micro"]["f1"] == pytest.approx(0.5)
     assert markup(["ada", "moved"], ["B-PER", "O"], "O") == "ada[B-PER] moved"
+
+
+TAGS = ["O", "B-LOC", "B-PER", "I-LOC", "I-PER"]
+
+
+def test_iob2_is_recognised_only_when_the_training_tags_follow_it_throughout():
+    ids = {tag: i for i, tag in enumerate(TAGS)}
+    rows = lambda *lines: [[ids[t] for t in line.split()] for line in lines]  # noqa: E731
+    assert follows_iob2(rows("B-PER I-PER O B-LOC", "O O"), TAGS)
+    assert not follows_iob2(rows("O I-PER I-PER", "B-LOC"), TAGS)  # IOB1: I-X opens an entity
+    assert not follows_iob2(rows("B-PER I-LOC"), TAGS)  # the type changes inside an entity
+    assert not follows_iob2(rows("B-PER O B-LOC"), TAGS)  # no I- tag at all: nothing to constrain
+    assert not follows_iob2([[1, 0]], ["O", ","])
+
+
+def test_iob2_decoding_repairs_what_the_argmax_breaks_and_keeps_what_it_gets_right():
+    start, transitions = iob2_constraints(TAGS)
+    log = lambda *rows: np.log(np.array(rows, dtype=np.float64))  # noqa: E731
+    # Argmax: I-PER opens the sentence (0.5 > 0.4) -> the best valid sequence is B-PER I-PER.
+    opening = log([0.05, 0.01, 0.4, 0.05, 0.5], [0.1, 0.01, 0.01, 0.01, 0.9])
+    assert best_sequence(opening, start, transitions) == [2, 4]
+    # Argmax: B-PER I-LOC (a type change inside an entity) -> B-LOC I-LOC scores higher than B-PER O.
+    switching = log([0.1, 0.35, 0.45, 0.05, 0.05], [0.3, 0.01, 0.01, 0.6, 0.1])
+    assert best_sequence(switching, start, transitions) == [1, 3]
+    valid = log([0.1, 0.2, 0.6, 0.05, 0.05], [0.1, 0.01, 0.01, 0.1, 0.8], [0.7, 0.1, 0.1, 0.05, 0.05])
+    assert best_sequence(valid, start, transitions) == valid.argmax(-1).tolist()
+    assert best_sequence(np.zeros((0, len(TAGS))), start, transitions) == []
+
+
+def test_batch_predictions_are_valid_iob2_and_a_word_without_subtokens_keeps_the_pad_label():
+    tokenizer = lm.load_tokenizer("all-MiniLM-L6-v2")
+    batch = [["ada", "\ufe0f", "moved", "to", "new", "york"], ["paris"]]
+    encoding = tokenize_words(tokenizer, batch, 32, padding=True)
+    logits = np.random.default_rng(0).normal(size=(2, len(encoding["input_ids"][0]), len(TAGS)))
+    decoded = batch_word_predictions(tokenizer, batch, logits, 32, 0, TAGS)
+    assert [len(row) for row in decoded] == [6, 1] and decoded[0][1] == 0
+    assert follows_iob2(decoded + [[TAGS.index("B-PER"), TAGS.index("I-PER")]], TAGS)
+    argmax = batch_word_predictions(tokenizer, batch, logits, 32, 0)
+    assert not follows_iob2(argmax + [[TAGS.index("B-PER"), TAGS.index("I-PER")]], TAGS)  # this draw needs repair

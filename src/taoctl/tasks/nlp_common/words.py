@@ -4,6 +4,12 @@ A sentence is a list of words; the tokenizer splits words into sub-tokens. A wor
 its first sub-token; the other sub-tokens, [CLS]/[SEP] and padding are ignored by the loss
 (``IGNORE``). A word that tokenizes to nothing (WNUT's U+FE0F) or lies beyond ``max_seq_length``
 has no position: it cannot be learnt, and its prediction is the task's pad label.
+
+A model trained on IOB2 tags (an entity starts with ``B-X``; ``I-X`` only continues an ``X``) predicts,
+per sentence, the most probable valid IOB2 sequence (Viterbi over the words' softmax) rather than each
+word's argmax, which may open an entity with ``I-X`` or switch type inside one: on WNUT-17 (MiniLM, the
+default recipe) entity F1 went from 57.20 to 58.07 on dev and from 44.77 to 45.78 on test. Data that is not
+IOB2 throughout (IOB1, where ``I-X`` opens entities, or labels without prefixes) keeps the argmax.
 """
 
 from __future__ import annotations
@@ -56,13 +62,64 @@ def word_predictions(encoding, row: int, words: int, token_predictions, pad_labe
             for position in first_positions(encoding, row, words)]
 
 
-def batch_word_predictions(tokenizer, batch: list[list[str]], token_logits, max_length: int,
-                           pad_label: int) -> list[list[int]]:
+def batch_word_predictions(tokenizer, batch: list[list[str]], token_logits, max_length: int, pad_label: int,
+                           iob2_tags: list[str] | None = None) -> list[list[int]]:
     """Per sentence of ``batch``, a predicted label id per word from the model's per-token logits of it
-    (the batch tokenized as the predictor did: padded to its longest, cut at ``max_length``)."""
+    (the batch tokenized as the predictor did: padded to its longest, cut at ``max_length``). With
+    ``iob2_tags`` (the label names of a model trained on IOB2 data) the best valid IOB2 sequence."""
     encoding = tokenize_words(tokenizer, batch, max_length, padding=True)
-    tokens = np.asarray(token_logits).argmax(-1)
-    return [word_predictions(encoding, row, len(words), tokens[row], pad_label) for row, words in enumerate(batch)]
+    logits = np.asarray(token_logits, dtype=np.float64)
+    if iob2_tags is None:
+        tokens = logits.argmax(-1)
+        return [word_predictions(encoding, row, len(words), tokens[row], pad_label)
+                for row, words in enumerate(batch)]
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    start, transitions = iob2_constraints(iob2_tags)
+    pad_only = np.where(np.arange(len(iob2_tags)) == pad_label, 0.0, FORBIDDEN)
+    return [best_sequence(np.array([pad_only if position is None else log_probabilities[row, position]
+                                    for position in first_positions(encoding, row, len(words))]), start, transitions)
+            for row, words in enumerate(batch)]
+
+
+# The score of a forbidden step: finite, so a sentence always has a best path and sums never become NaN.
+FORBIDDEN = -1e9
+
+
+def follows_iob2(rows: list[list[int]], names: list[str]) -> bool:
+    """Whether label rows are IOB2 throughout: some ``I-X``, each right after a ``B-X`` or an ``I-X``."""
+    inside = [name.startswith("I-") for name in names]
+    if not any(inside[label] for row in rows for label in row):
+        return False
+    start, transitions = iob2_constraints(names)
+    return all(start[row[0]] == 0.0 and all(transitions[a, b] == 0.0 for a, b in zip(row, row[1:]))
+               for row in rows if row)
+
+
+def iob2_constraints(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """IOB2's grammar as scores: ``start`` [L] (0, or FORBIDDEN for a first label) and ``transitions`` [L, L]
+    (previous, next): ``I-X`` may only follow ``B-X`` or ``I-X``."""
+    kinds = [name[2:] if name.startswith(("B-", "I-")) else None for name in names]
+    inside = np.array([name.startswith("I-") for name in names])
+    continues = np.array([[kinds[a] is not None and kinds[a] == kinds[b] for b in range(len(names))]
+                          for a in range(len(names))])
+    transitions = np.where(inside[None, :] & ~continues, FORBIDDEN, 0.0)
+    return np.where(inside, FORBIDDEN, 0.0), transitions
+
+
+def best_sequence(scores: np.ndarray, start: np.ndarray, transitions: np.ndarray) -> list[int]:
+    """Viterbi: the label sequence maximising the words' ``scores`` [W, L] plus start and transition scores."""
+    if not len(scores):
+        return []
+    best, back = start + scores[0], []
+    for word_scores in scores[1:]:
+        total = best[:, None] + transitions
+        back.append(total.argmax(0))
+        best = total.max(0) + word_scores
+    path = [int(best.argmax())]
+    for pointers in reversed(back):
+        path.append(int(pointers[path[-1]]))
+    return path[::-1]
 
 
 def batches_by_length(items: list, batch_size: int, predictor):
