@@ -22,7 +22,7 @@ from taoctl.tasks.nlp_common.heads import SequenceClassifier, TokenClassifier
 from taoctl.tasks.nlp_common.metrics import format_table, label_report
 from taoctl.tasks.nlp_common.task import NLPTask
 from taoctl.tasks.nlp_common.words import (batch_word_predictions, batches_by_length, follows_iob2, format_tagging,
-                                           tagging_report, tokenize_words, word_label_rows)
+                                           iob2_decoding, tagging_report, tokenize_words, word_label_rows)
 
 
 class JointHeads(nn.Module):
@@ -66,9 +66,9 @@ def read_queries(tsv: Path, slots_file: Path, intents: int, slots: int) -> tuple
 
 class IntentSlotReport(Evaluator):
     def __init__(self, queries, intents, slots, intent_names, slot_names, pad_label: str, batch_size: int,
-                 tokenizer, max_length: int, iob2: bool):
+                 tokenizer, max_length: int, iob2_tags: list[str] | None):
         self.queries, self.intents, self.slots = queries, np.asarray(intents), slots
-        self.intent_names, self.slot_names, self.iob2 = intent_names, slot_names, iob2
+        self.intent_names, self.slot_names, self.iob2_tags = intent_names, slot_names, iob2_tags
         self.pad_id = slot_names.index(pad_label)
         self.batch_size, self.tokenizer, self.max_length = batch_size, tokenizer, max_length
 
@@ -79,7 +79,7 @@ class IntentSlotReport(Evaluator):
             intent_predicted[rows] = intent_logits.argmax(-1)
             batch = [self.queries[i] for i in rows]
             for index, row in zip(rows, batch_word_predictions(self.tokenizer, batch, slot_logits, self.max_length,
-                                                               self.pad_id, self.slot_names if self.iob2 else None)):
+                                                               self.pad_id, self.iob2_tags)):
                 slot_predicted[index] = row
         intents = label_report(self.intents, intent_predicted, self.intent_names)
         slots = tagging_report(self.slots, slot_predicted, self.slot_names)
@@ -195,7 +195,8 @@ class IntentSlotTask(NLPTask):
         labels = data.labels
         return Validation(IntentSlotReport(words, intents, slots, labels["intents"], labels["slots"],
                                            labels["pad_label"], run.spec.validation_ds.batch_size, data.tokenizer,
-                                           data.max_length, labels["iob2"]), best_metric="joint", mode="max")
+                                           data.max_length, iob2_decoding(labels, "slots")),
+                          best_metric="joint", mode="max")
 
     def preprocess(self, manifest):
         tokenizer = self.manifest_tokenizer(manifest)
@@ -209,7 +210,7 @@ class IntentSlotTask(NLPTask):
         return IntentSlotReport(words, intents, slots, labels["intents"], labels["slots"], labels["pad_label"],
                                 run.flags.get("batch_size") or run.spec.test_ds.batch_size,
                                 self.manifest_tokenizer(manifest), manifest["max_seq_length"],
-                                labels.get("iob2", False))
+                                iob2_decoding(labels, "slots"))
 
     def infer(self, run, predictor):
         manifest = predictor.manifest
@@ -221,7 +222,7 @@ class IntentSlotTask(NLPTask):
             intent_logits, slot_logits = predictor(batch)
             probabilities = torch.softmax(torch.from_numpy(intent_logits), -1).numpy()
             words_slots = batch_word_predictions(tokenizer, batch, slot_logits, manifest["max_seq_length"], pad,
-                                                 labels["slots"] if labels.get("iob2") else None)
+                                                 iob2_decoding(labels, "slots"))
             for words, row, slot_row in zip(batch, probabilities, words_slots):
                 intent = labels["intents"][int(row.argmax())]
                 slots = [labels["slots"][i] for i in slot_row]

@@ -82,6 +82,12 @@ def batch_word_predictions(tokenizer, batch: list[list[str]], token_logits, max_
             for row, words in enumerate(batch)]
 
 
+def iob2_decoding(labels: dict, key: str) -> list[str] | None:
+    """``batch_word_predictions``' ``iob2_tags`` for a model's labels: its names ``labels[key]`` when its training
+    tags were IOB2 (``labels["iob2"]``, which model files written before it lack), else None (the argmax)."""
+    return labels[key] if labels.get("iob2") else None
+
+
 # The score of a forbidden step: finite, so a sentence always has a best path and sums never become NaN.
 FORBIDDEN = -1e9
 

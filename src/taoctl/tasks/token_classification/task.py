@@ -24,15 +24,16 @@ from taoctl.tasks.nlp_common.data import limit, read_label_names, read_lines
 from taoctl.tasks.nlp_common.heads import TokenClassifier
 from taoctl.tasks.nlp_common.task import NLPTask
 from taoctl.tasks.nlp_common.words import (batch_word_predictions, batches_by_length, follows_iob2, format_tagging,
-                                           read_word_files, tagging_report, tokenize_words, word_label_rows)
+                                           iob2_decoding, read_word_files, tagging_report, tokenize_words,
+                                           word_label_rows)
 
 
 class TaggingReport(Evaluator):
     """Word-level per-tag report (NeMo's) and entity-level F1 (CoNLL's) of sentences of words."""
 
     def __init__(self, sentences: list[list[str]], labels: list[list[int]], names: list[str], pad_label: str,
-                 batch_size: int, tokenizer, max_length: int, iob2: bool):
-        self.sentences, self.labels, self.names, self.iob2 = sentences, labels, names, iob2
+                 batch_size: int, tokenizer, max_length: int, iob2_tags: list[str] | None):
+        self.sentences, self.labels, self.names, self.iob2_tags = sentences, labels, names, iob2_tags
         self.pad_id = names.index(pad_label) if pad_label in names else 0
         self.batch_size, self.tokenizer, self.max_length = batch_size, tokenizer, max_length
 
@@ -41,7 +42,7 @@ class TaggingReport(Evaluator):
         for rows, outputs in batches_by_length(self.sentences, self.batch_size, predictor):
             batch = [self.sentences[i] for i in rows]
             words = batch_word_predictions(self.tokenizer, batch, outputs[0], self.max_length, self.pad_id,
-                                           self.names if self.iob2 else None)
+                                           self.iob2_tags)
             for index, row in zip(rows, words):
                 predicted[index] = row
         return {**tagging_report(self.labels, predicted, self.names), "sentences": len(self.sentences),
@@ -177,7 +178,8 @@ class TokenClassificationTask(NLPTask):
             return None
         sentences, labels = data.validation
         report = TaggingReport(sentences, labels, data.labels["tags"], data.labels["pad_label"],
-                               run.spec.validation_ds.batch_size, data.tokenizer, data.max_length, data.labels["iob2"])
+                               run.spec.validation_ds.batch_size, data.tokenizer, data.max_length,
+                               iob2_decoding(data.labels, "tags"))
         return Validation(report, best_metric="f1", mode="max")
 
     def preprocess(self, manifest):
@@ -193,7 +195,7 @@ class TokenClassificationTask(NLPTask):
         return TaggingReport(sentences, labels, names, manifest["labels"]["pad_label"],
                              run.flags.get("batch_size") or run.spec.test_ds.batch_size,
                              self.manifest_tokenizer(manifest), manifest["max_seq_length"],
-                             manifest["labels"].get("iob2", False))
+                             iob2_decoding(manifest["labels"], "tags"))
 
     def infer(self, run, predictor):
         manifest = predictor.manifest
@@ -202,7 +204,7 @@ class TokenClassificationTask(NLPTask):
         results = []
         for batch in self.batches([query.split() for query in run.spec.input_batch], 32):
             predicted = batch_word_predictions(tokenizer, batch, predictor(batch)[0], manifest["max_seq_length"],
-                                               names.index(pad), names if manifest["labels"].get("iob2") else None)
+                                               names.index(pad), iob2_decoding(manifest["labels"], "tags"))
             for words, row in zip(batch, predicted):
                 tags = [names[i] for i in row]
                 results.append({"query": " ".join(words), "tags": tags, "markup": markup(words, tags, pad)})
