@@ -3,7 +3,7 @@ accuracy figures (speed: bench/bench_detectnet.py, bench/bench_yolo_v3.py).
 
 Each runs its docs/ script end to end: train from ImageNet weights, evaluate on the test split, prune,
 retrain, export fp32 and INT8, evaluate both exports on the test split, then QAT and its INT8 export.
-On the 2-core CPU with the machine quiet: detectnet_v2 about 55 minutes, yolo_v3 about two hours.
+On the 2-core CPU with the machine quiet: detectnet_v2 about 50 minutes, yolo_v3 about two hours.
 """
 
 from __future__ import annotations
